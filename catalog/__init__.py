@@ -1,0 +1,1 @@
+"""The DuckDB catalog: the only code that writes `catalog.duckdb`."""

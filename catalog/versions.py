@@ -1,0 +1,388 @@
+"""Immutable dataset versions: stage, commit, resolve.
+
+Data for a version is written into `data/<dataset>/.staging-<pid>-<uuid>/` by the caller, then
+`commit` computes stats and a content hash, renames the folder to `data/<dataset>/v<N>/` and
+inserts the catalog row in the same write transaction. If the transaction fails the folder is
+renamed back and removed; if the process dies between rename and commit the folder is an
+orphan that `kalmix catalog check` reports (and removes with `--fix`). Either way no
+half-registered version is visible and earlier versions are untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from catalog.db import Catalog, fetch_one
+from corpus.errors import KalmixError
+from corpus.schema import RECORD_FIELDS, REMOVALS_SCHEMA, suggest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+REF_RE = re.compile(r"^(?P<name>[^@]+?)(?:@v?(?P<version>\d+))?$")
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """`name@vN`; `version=None` means the latest at resolution time."""
+
+    dataset: str
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> VersionRef:
+        match = REF_RE.match(text.strip())
+        if not match:
+            raise KalmixError(f"{text!r} is not NAME or NAME@vN")
+        version = match.group("version")
+        return cls(match.group("name"), int(version) if version else None)
+
+    def __str__(self) -> str:
+        return self.dataset if self.version is None else f"{self.dataset}@v{self.version}"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a new dataset is: written once, on its first version."""
+
+    name: str
+    category: str
+    task_type: str
+    source: str = ""
+    tags: tuple[str, ...] = ()
+    is_eval: bool = False
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    dataset: str
+    version: int
+    path: Path
+    files: list[Path]
+    rows: int
+    content_hash: str
+    operation: str
+    params: dict[str, Any]
+    stats: dict[str, Any]
+    parent: VersionRef | None
+    category: str
+    task_type: str
+
+    @property
+    def ref(self) -> VersionRef:
+        return VersionRef(self.dataset, self.version)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole version as one table (operators that need every row at once)."""
+        if not self.files:
+            return pa.table({})
+        return pa.concat_tables(
+            [pq.read_table(f, columns=columns) for f in self.files], promote_options="permissive"
+        )
+
+
+@dataclass
+class Staged:
+    """A folder that a writer fills before `commit` makes it a version."""
+
+    dataset: str
+    path: Path
+    removals: list[pa.Table] = field(default_factory=list)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One version to register: its staged data and how it was made."""
+
+    staged: Staged
+    operation: str
+    params: dict[str, Any]
+    parent: VersionRef | None = None
+    info: DatasetInfo | None = None  # required when the dataset is new
+    stats: dict[str, Any] = field(default_factory=dict)
+    removals: pa.Table | None = None
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise KalmixError(
+            f"dataset name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
+            "(at most 128, not starting with a symbol)"
+        )
+    return name
+
+
+def stage(cat: Catalog, dataset: str) -> Staged:
+    check_name(dataset)
+    folder = cat.workspace.data_dir / dataset
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+    except PermissionError as err:
+        raise KalmixError(f"workspace data folder is not writable: {err.filename}") from None
+    except OSError as err:
+        raise KalmixError(f"cannot write under {folder}: {err.strerror}") from None
+    return Staged(dataset, path)
+
+
+def _content_hash(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def compute_stats(files: list[Path]) -> dict[str, Any]:
+    """Rows per language, task types and text-length percentiles, computed by DuckDB."""
+    if not files:
+        return {"rows": 0, "languages": {}}
+    con = duckdb.connect()
+    src = f"read_parquet({[str(f) for f in files]!r}, union_by_name=true)"
+    rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]
+    languages = dict(
+        con.execute(
+            f"SELECT coalesce(language, 'und'), count(*) FROM {src} GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+    )
+    lengths = {}
+    for col in ("query", "positive"):
+        p = fetch_one(con, 
+            f"SELECT quantile_cont(length({col}), [0.5, 0.9, 0.99]), avg(length({col})) FROM {src}"
+        )
+        if p[0] is not None:
+            lengths[col] = {"p50": p[0][0], "p90": p[0][1], "p99": p[0][2], "mean": p[1]}
+    labels = con.execute(f"SELECT count(DISTINCT label) FROM {src}").fetchall()[0][0]
+    con.close()
+    return {"rows": rows, "languages": languages, "chars": lengths, "labels": labels}
+
+
+def _version_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.parquet"))
+
+
+def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
+    """Register versions atomically: all of them or none (one transaction)."""
+    prepared = []
+    for c in commits:
+        files = _version_files(c.staged.path)
+        if files:
+            schema = pq.read_schema(files[0])
+            missing = [f for f in RECORD_FIELDS if f not in schema.names]
+            if missing:
+                raise KalmixError(f"staged data lacks record fields {missing}")
+        stats = {**compute_stats(files), **c.stats}
+        removals = c.removals
+        if removals is not None:
+            removals = removals.select(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
+            stats.setdefault("removed", removals.num_rows)
+            reasons: dict[str, int] = {}
+            for reason in removals.column("reason").to_pylist():
+                reasons[reason] = reasons.get(reason, 0) + 1
+            stats.setdefault("removed_by_reason", reasons)
+        columns = pq.read_schema(files[0]).names if files else list(RECORD_FIELDS)
+        prepared.append((c, files, stats, removals, columns))
+
+    moved: list[tuple[Path, Path]] = []
+    refs: list[VersionRef] = []
+    try:
+        with cat.write() as con:
+            for c, files, stats, removals, columns in prepared:
+                name = c.staged.dataset
+                known = fetch_one(con, 
+                    "SELECT category, task_type FROM datasets WHERE name = ?", [name]
+                )
+                if known is None:
+                    if c.info is None:
+                        raise KalmixError(f"unknown dataset {name!r}")
+                    _insert_dataset(con, c.info, columns)
+                number = _next_version(con, cat, name)
+                final = cat.workspace.data_dir / name / f"v{number}"
+                os.rename(c.staged.path, final)
+                moved.append((final, c.staged.path))
+                langs = stats.get("languages", {})
+                con.execute(
+                    "INSERT INTO dataset_versions(dataset, version, path, files, rows, content_hash,"
+                    " language, languages, parent_dataset, parent_version, operation, params, stats)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        name,
+                        number,
+                        str(final.relative_to(cat.workspace.root)),
+                        [f.name for f in files],
+                        stats["rows"],
+                        _content_hash([final / f.name for f in files]),
+                        next(iter(langs), None),
+                        list(langs),
+                        c.parent.dataset if c.parent else None,
+                        c.parent.version if c.parent else None,
+                        c.operation,
+                        json.dumps(c.params, default=str),
+                        json.dumps(stats, default=str),
+                    ],
+                )
+                if removals is not None and removals.num_rows:
+                    con.register("staged_removals", removals)
+                    con.execute(
+                        "INSERT INTO removals SELECT ?, ?, id, reason, detail FROM staged_removals",
+                        [name, number],
+                    )
+                    con.unregister("staged_removals")
+                refs.append(VersionRef(name, number))
+    except BaseException:
+        for final, original in reversed(moved):
+            try:
+                os.rename(final, original)
+            except OSError:
+                pass
+        for c in commits:
+            c.staged.discard()
+        raise
+    return refs
+
+
+def _insert_dataset(con: duckdb.DuckDBPyConnection, info: DatasetInfo, columns: list[str]) -> None:
+    check_name(info.name)
+    category = fetch_one(con, "SELECT task_type FROM categories WHERE name = ?", [info.category])
+    if category is None:
+        names = [r[0] for r in con.execute("SELECT name FROM categories").fetchall()]
+        raise KalmixError(
+            f"unknown category {info.category!r}{suggest(info.category, names)} "
+            "(list them with: kalmix catalog categories)"
+        )
+    con.execute(
+        "INSERT INTO datasets(name, category, task_type, source, tags, columns, is_eval) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [info.name, info.category, info.task_type, info.source, list(info.tags), columns, info.is_eval],
+    )
+
+
+def _next_version(con: duckdb.DuckDBPyConnection, cat: Catalog, name: str) -> int:
+    """One past the highest version in the catalog or on disk (orphans are never reused)."""
+    in_catalog = con.execute(
+        "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset = ?", [name]
+    ).fetchall()[0][0]
+    on_disk = [
+        int(p.name[1:])
+        for p in (cat.workspace.data_dir / name).glob("v*")
+        if p.is_dir() and p.name[1:].isdigit()
+    ]
+    return max([in_catalog, *on_disk]) + 1
+
+
+def resolve(cat: Catalog, ref: VersionRef | str) -> VersionInfo:
+    """The version a reference names (latest if unversioned), or a clear error."""
+    if isinstance(ref, str):
+        ref = VersionRef.parse(ref)
+    with cat.read() as con:
+        dataset = fetch_one(con, 
+            "SELECT category, task_type FROM datasets WHERE name = ?", [ref.dataset]
+        )
+        if dataset is None:
+            names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
+            raise KalmixError(
+                f"unknown dataset {ref.dataset!r}{suggest(ref.dataset, names)} "
+                "(list them with: kalmix catalog datasets)"
+            )
+        sql = (
+            "SELECT version, path, files, rows, content_hash, operation, params, stats, "
+            "parent_dataset, parent_version FROM dataset_versions WHERE dataset = ? "
+        )
+        if ref.version is None:
+            row = fetch_one(con, sql + "ORDER BY version DESC LIMIT 1", [ref.dataset])
+        else:
+            row = fetch_one(con, sql + "AND version = ?", [ref.dataset, ref.version])
+        if row is None:
+            versions = [
+                f"v{r[0]}"
+                for r in con.execute(
+                    "SELECT version FROM dataset_versions WHERE dataset = ? ORDER BY 1",
+                    [ref.dataset],
+                ).fetchall()
+            ]
+            raise KalmixError(
+                f"{ref} does not exist; {ref.dataset} has versions: {', '.join(versions) or 'none'}"
+            )
+    version, path, files, rows, chash, operation, params, stats, pdataset, pversion = row
+    root = cat.workspace.root / path
+    return VersionInfo(
+        dataset=ref.dataset,
+        version=version,
+        path=root,
+        files=[root / f for f in files],
+        rows=rows,
+        content_hash=chash,
+        operation=operation,
+        params=json.loads(params) if params else {},
+        stats=json.loads(stats) if stats else {},
+        parent=VersionRef(pdataset, pversion) if pdataset else None,
+        category=dataset[0],
+        task_type=dataset[1],
+    )
+
+
+def lineage(cat: Catalog, ref: VersionRef | str) -> list[VersionInfo]:
+    """The version and its ancestors, newest first."""
+    chain = [resolve(cat, ref)]
+    while chain[-1].parent is not None and len(chain) < 1000:
+        chain.append(resolve(cat, chain[-1].parent))
+    return chain
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    orphans: list[Path]
+    stale_staging: list[Path]
+    missing: list[str]
+
+
+def check(cat: Catalog, fix: bool = False) -> CheckReport:
+    """Find version folders with no catalog row, abandoned staging folders, and missing data."""
+    with cat.read() as con:
+        rows = con.execute("SELECT dataset, version, path, files FROM dataset_versions").fetchall()
+    registered = {(cat.workspace.root / r[2]).resolve() for r in rows}
+    missing = [
+        f"{d}@v{v}" for d, v, p, files in rows
+        if not all((cat.workspace.root / p / f).exists() for f in files)
+    ]
+    orphans, stale = [], []
+    for folder in sorted(cat.workspace.data_dir.glob("*/*")):
+        if not folder.is_dir():
+            continue
+        if folder.name.startswith(".staging-"):
+            pid = int(folder.name.split("-")[1]) if folder.name.split("-")[1].isdigit() else -1
+            if not _pid_alive(pid):
+                stale.append(folder)
+        elif folder.name.startswith("v") and folder.resolve() not in registered:
+            orphans.append(folder)
+    if fix:
+        for folder in orphans + stale:
+            shutil.rmtree(folder, ignore_errors=True)
+    return CheckReport(orphans, stale, missing)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

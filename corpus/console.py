@@ -1,0 +1,60 @@
+"""Terminal output shared by every sub-app: one rich console, tables from Arrow, progress bars."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _cell(value: Any, width: int) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(table: pa.Table, title: str | None = None, width: int = 60) -> None:
+    out = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        out.add_column(name, overflow="fold")
+    for row in table.to_pylist():
+        out.add_row(*(_cell(row[c], width) for c in table.column_names))
+    console.print(out)
+
+
+def print_json(data: Any) -> None:
+    if isinstance(data, pa.Table):
+        data = data.to_pylist()
+    print(json.dumps(data, default=str, ensure_ascii=False, indent=2))
+
+
+def progress(transient: bool = False) -> Progress:
+    """A progress bar for long work; prints to stderr so `--json` output stays clean."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+    )

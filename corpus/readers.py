@@ -1,0 +1,241 @@
+"""Streaming readers for JSONL (.gz/.zst), Parquet, CSV/TSV and `datasets.save_to_disk` folders.
+
+Each yields pyarrow tables of at most about `batch_rows` rows, so a file larger than memory is
+never loaded whole. JSONL is parsed a block of lines at a time with polars (fast path); a block
+that fails is re-parsed line by line so the error can name the line, or, with
+`skip_invalid`, so exactly the bad lines are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from corpus.errors import KalmixError
+
+FORMATS = ("jsonl", "parquet", "csv", "tsv", "hf")
+
+
+@dataclass
+class ReadStats:
+    rows: int = 0
+    invalid: int = 0
+    invalid_lines: list[int] = field(default_factory=list)  # first few, for the message
+    bytes_read: int = 0
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return "hf"
+        raise KalmixError(
+            f"{path} is a folder but not a Hugging Face `save_to_disk` dataset "
+            "(no state.json or dataset_dict.json)"
+        )
+    name = path.name.lower()
+    for suffix in (".gz", ".zst", ".zstd"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"),
+                     (".parquet", "parquet"), (".csv", "csv"), (".tsv", "tsv")):
+        if name.endswith(ext):
+            return fmt
+    raise KalmixError(
+        f"cannot tell the format of {path.name}: use a .jsonl/.ndjson (optionally .gz/.zst), "
+        ".parquet, .csv or .tsv file, or a `datasets` save_to_disk folder, or pass --format"
+    )
+
+
+def iter_tables(
+    path: Path | str,
+    fmt: str | None = None,
+    *,
+    batch_rows: int = 65_536,
+    skip_invalid: bool = False,
+    split: str | None = None,
+    stats: ReadStats | None = None,
+) -> Iterator[pa.Table]:
+    path = Path(path)
+    if not path.exists():
+        raise KalmixError(f"input not found: {path}")
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise KalmixError(f"unknown format {fmt!r}; one of: {', '.join(FORMATS)}")
+    stats = stats if stats is not None else ReadStats()
+    reader = {
+        "jsonl": _jsonl,
+        "parquet": _parquet,
+        "csv": _csv,
+        "tsv": _csv,
+        "hf": _hf,
+    }[fmt]
+    kwargs = {"batch_rows": batch_rows, "skip_invalid": skip_invalid, "stats": stats}
+    if fmt in ("csv", "tsv"):
+        kwargs["delimiter"] = "\t" if fmt == "tsv" else ","
+    if fmt == "hf":
+        kwargs["split"] = split
+    for table in reader(path, **kwargs):
+        if table.num_rows:
+            stats.rows += table.num_rows
+            yield table
+
+
+def _open_text(path: Path):
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith((".zst", ".zstd")):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+    return open(path, "rb")
+
+
+def _jsonl(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats) -> Iterator[pa.Table]:
+    line_no = 0
+    with _open_text(path) as raw:
+        stream = io.BufferedReader(raw) if not isinstance(raw, io.BufferedReader) else raw
+        while True:
+            lines = []
+            for _ in range(batch_rows):
+                line = stream.readline()
+                if not line:
+                    break
+                lines.append(line)
+            if not lines:
+                return
+            first = line_no + 1
+            line_no += len(lines)
+            stats.bytes_read += sum(len(x) for x in lines)
+            block = b"".join(x if x.endswith(b"\n") else x + b"\n" for x in lines if x.strip())
+            if not block:
+                continue
+            try:
+                yield pl.read_ndjson(io.BytesIO(block), infer_schema_length=None).to_arrow()
+            except Exception:  # noqa: BLE001 - any parse failure falls back to the slow path
+                yield _jsonl_slow(lines, first, path, skip_invalid, stats)
+
+
+def _jsonl_slow(lines: list[bytes], first: int, path: Path, skip_invalid: bool, stats: ReadStats) -> pa.Table:
+    rows = []
+    for offset, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("a JSON line must be an object")
+        except ValueError as err:
+            number = first + offset
+            if not skip_invalid:
+                raise KalmixError(
+                    f"{path.name}: line {number} is not a JSON object ({err}); fix it or pass "
+                    "--skip-invalid to skip such lines (they are counted in the version's stats)"
+                ) from None
+            stats.invalid += 1
+            if len(stats.invalid_lines) < 20:
+                stats.invalid_lines.append(number)
+            continue
+        rows.append({k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v) for k, v in obj.items()})
+    if not rows:
+        return pa.table({})
+    try:
+        return pl.from_dicts(rows, infer_schema_length=None, strict=False).to_arrow()
+    except Exception:  # noqa: BLE001 - mixed types per column: keep everything as text
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return pa.table(
+            {k: [None if r.get(k) is None else (r[k] if isinstance(r[k], str) else json.dumps(r[k]))
+                 for r in rows] for k in keys}
+        )
+
+
+def _parquet(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats) -> Iterator[pa.Table]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise KalmixError(f"{path.name} is not a readable Parquet file: {err}") from None
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        yield pa.Table.from_batches([batch])
+
+
+def _csv(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, delimiter: str) -> Iterator[pa.Table]:
+    with _open_text(path) as raw:
+        head = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="").readline()
+    if not head.strip():
+        return
+    header = next(csv.reader([head], delimiter=delimiter))
+
+    def on_invalid(row) -> str:
+        if not skip_invalid:
+            return "error"
+        stats.invalid += 1
+        if len(stats.invalid_lines) < 20 and row.number is not None:
+            stats.invalid_lines.append(row.number)
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(
+            _open_text(path),
+            read_options=pacsv.ReadOptions(block_size=1 << 22, encoding="utf8"),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_invalid
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c.lstrip("\ufeff"): pa.string() for c in header},
+                strings_can_be_null=False,
+            ),
+        )
+        pending: list[pa.RecordBatch] = []
+        count = 0
+        for batch in reader:
+            pending.append(batch)
+            count += batch.num_rows
+            if count >= batch_rows:
+                yield pa.Table.from_batches(pending)
+                pending, count = [], 0
+        if pending:
+            yield pa.Table.from_batches(pending)
+    except pa.ArrowInvalid as err:
+        raise KalmixError(
+            f"{path.name}: malformed CSV ({err}); fix it or pass --skip-invalid"
+        ) from None
+
+
+def _hf(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, split: str | None) -> Iterator[pa.Table]:
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        chosen = split or ("train" if "train" in splits else None)
+        if chosen not in splits:
+            raise KalmixError(
+                f"{path} holds splits {', '.join(splits)}: choose one with --split"
+            )
+        path = path / chosen
+    state = json.loads((path / "state.json").read_text())
+    info_file = path / "dataset_info.json"
+    features = json.loads(info_file.read_text()).get("features", {}) if info_file.exists() else {}
+    class_names = {
+        name: feat["names"]
+        for name, feat in features.items()
+        if isinstance(feat, dict) and feat.get("_type") == "ClassLabel" and feat.get("names")
+    }
+    for entry in state["_data_files"]:
+        with pa.memory_map(str(path / entry["filename"])) as source:
+            reader = pa.ipc.open_stream(source)
+            for batch in reader:
+                table = pa.Table.from_batches([batch])
+                for name, names in class_names.items():
+                    if name in table.column_names:
+                        labels = pa.array([names[i] if i is not None and i >= 0 else None
+                                           for i in table.column(name).to_pylist()], pa.string())
+                        table = table.set_column(table.column_names.index(name), name, labels)
+                yield table

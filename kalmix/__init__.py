@@ -1,0 +1,3 @@
+"""kalmix: data-centric corpus construction for text-embedding models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from kalmix.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""The `kalmix` console script: mounts each package's sub-app; handles errors in one place."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import typer
+
+from catalog.cli import app as catalog_app
+from catalog.workspace import Workspace
+from corpus.console import console, err_console
+from corpus.errors import KalmixError
+
+app = typer.Typer(
+    name="kalmix",
+    help="Build embedding-model training data: catalog, clean, synthesise, mix, train, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(catalog_app, name="catalog")
+
+
+@app.callback()
+def root(
+    workspace: Path = typer.Option(
+        None, "--workspace", "-w", envvar="KALMIX_HOME",
+        help="Workspace folder (default: $KALMIX_HOME, else the current folder).",
+    ),
+) -> None:
+    if workspace:
+        os.environ["KALMIX_HOME"] = str(workspace)
+
+
+@app.command()
+def init(path: Path = typer.Argument(..., help="Folder to create (or complete).")) -> None:
+    """Create a workspace: catalog.duckdb, data/, runs/, cache/ and kalmix.toml.
+
+    Example: kalmix init ws/ && export KALMIX_HOME=ws
+    """
+    ws = Workspace.init(path)
+    with ws.catalog().read() as con:
+        n = con.execute("SELECT count(*) FROM categories").fetchall()[0][0]
+    console.print(f"workspace ready at {ws.root} ({n} task categories)")
+
+
+@app.command()
+def ingest(
+    file: Path = typer.Argument(..., help="JSONL (.gz/.zst), Parquet, CSV/TSV, or a `datasets` save_to_disk folder."),
+    name: str = typer.Option(..., "--name", help="Dataset name; an existing name gets a new version."),
+    category: str = typer.Option(..., "--category", help="Task category (kalmix catalog categories)."),
+    task_type: str = typer.Option(None, "--task-type", help="Default: the category's task type."),
+    mapping: str = typer.Option(None, "--map", help="Record field = source column, e.g. query=question,positive=answer."),
+    language: str = typer.Option(None, "--language", help="Language of rows without one (ISO 639-1)."),
+    fmt: str = typer.Option(None, "--format", help="jsonl, parquet, csv, tsv or hf (default: from the name)."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip malformed lines; their count goes in the stats."),
+    split: str = typer.Option(None, "--split", help="Split of a `datasets` DatasetDict folder."),
+    is_eval: bool = typer.Option(False, "--eval", help="Mark as evaluation data (never mixed into training)."),
+) -> None:
+    """Ingest a file as a new immutable dataset version.
+
+    Columns are mapped to the record schema by common names (question/answer, sentence1/
+    sentence2, text/label, ...) or with --map; unmapped columns are kept in `meta`.
+
+    Example: kalmix ingest faq.jsonl --name faq --category faq-retrieval --map query=q,positive=a
+    """
+    from kalmix.ingest import ingest as run_ingest
+
+    cat = Workspace.resolve().catalog()
+    with console.status(f"ingesting {file} ...") as status:
+        result = run_ingest(
+            cat, file, name=name, category=category, task_type=task_type, mapping=mapping,
+            language=language, fmt=fmt, skip_invalid=skip_invalid, split=split, is_eval=is_eval,
+            progress=lambda s: status.update(f"ingesting {file}: {s.rows:,} rows"),
+        )
+    skipped = f", {result.invalid} invalid skipped" if result.invalid else ""
+    console.print(f"ingest: {file} -> {result.ref}: {result.rows:,} rows{skipped}; {result.seconds:.1f}s")
+
+
+def main() -> None:
+    """Entry point: expected errors print one line and exit 2; bugs keep their traceback."""
+    try:
+        app(standalone_mode=False)
+    except KalmixError as err:
+        err_console.print(f"[red]error:[/] {err}")
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

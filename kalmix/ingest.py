@@ -1,0 +1,106 @@
+"""`kalmix ingest`: any supported file into a new immutable dataset version."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog import versions
+from catalog.db import Catalog, fetch_one
+from catalog.versions import Commit, DatasetInfo, VersionRef
+from corpus.errors import KalmixError
+from corpus.readers import ReadStats, iter_tables
+from corpus.schema import parse_mapping, resolve_columns, suggest, to_records
+from corpus.writer import ShardWriter
+
+
+@dataclass
+class IngestResult:
+    ref: VersionRef
+    rows: int
+    invalid: int
+    seconds: float
+
+
+def ingest(
+    cat: Catalog,
+    path: Path | str,
+    *,
+    name: str,
+    category: str,
+    task_type: str | None = None,
+    mapping: str | dict[str, str] | None = None,
+    language: str | None = None,
+    fmt: str | None = None,
+    skip_invalid: bool = False,
+    split: str | None = None,
+    source: str | None = None,
+    is_eval: bool = False,
+    batch_rows: int = 65_536,
+    progress=None,
+) -> IngestResult:
+    start = time.perf_counter()
+    path = Path(path)
+    versions.check_name(name)
+    with cat.read() as con:
+        row = fetch_one(con, "SELECT task_type, instruction FROM categories WHERE name = ?", [category])
+        names = [r[0] for r in con.execute("SELECT name FROM categories").fetchall()] if row is None else []
+        existing = fetch_one(con, "SELECT category, task_type FROM datasets WHERE name = ?", [name])
+    if row is None:
+        raise KalmixError(
+            f"unknown category {category!r}{suggest(category, names)} "
+            "(list them with: kalmix catalog categories)"
+        )
+    task_type = task_type or row[0]
+    if existing and (existing[0], existing[1]) != (category, task_type):
+        raise KalmixError(
+            f"dataset {name!r} already exists as {existing[1]} in category {existing[0]!r}; "
+            "choose another --name, or the same category and task type to add a version"
+        )
+    parsed = parse_mapping(mapping) if isinstance(mapping, str | None) else dict(mapping)
+    stats = ReadStats()
+    staged = versions.stage(cat, name)
+    try:
+        writer = ShardWriter(staged.path)
+        columns = None
+        for table in iter_tables(path, fmt, batch_rows=batch_rows, skip_invalid=skip_invalid,
+                                 split=split, stats=stats):
+            if columns is None:
+                columns = resolve_columns(table.column_names, task_type, parsed)
+            records = to_records(table, columns, task_type=task_type, category=category,
+                                 source=source or path.name, language=language)
+            writer.write(records)
+            if progress:
+                progress(stats)
+        writer.close()
+        if writer.rows == 0:
+            detail = f" ({stats.invalid} invalid lines skipped)" if stats.invalid else ""
+            raise KalmixError(f"{path} holds no records{detail}: nothing ingested")
+        if existing:
+            _check_schema(cat, name, columns)
+        params = {"file": str(path.resolve()), "format": fmt, "map": columns, "language": language,
+                  "skip_invalid": skip_invalid, "split": split}
+        [ref] = versions.commit(
+            cat,
+            Commit(
+                staged, "ingest", params,
+                info=DatasetInfo(name, category, task_type, source=source or path.name, is_eval=is_eval),
+                stats={"invalid_skipped": stats.invalid, "invalid_lines": stats.invalid_lines},
+            ),
+        )
+    except BaseException:
+        staged.discard()
+        raise
+    return IngestResult(ref, writer.rows, stats.invalid, time.perf_counter() - start)
+
+
+def _check_schema(cat: Catalog, name: str, columns: dict[str, str]) -> None:
+    """A new version of an ingested dataset must fill the same record fields as the last one."""
+    latest = versions.resolve(cat, name)
+    before = sorted(latest.params.get("map") or {})
+    if latest.operation == "ingest" and before != sorted(columns):
+        raise KalmixError(
+            f"dataset {name!r} already exists with fields {', '.join(before)}; this input gives "
+            f"{', '.join(sorted(columns))}. Use another --name, or --map the same fields"
+        )

@@ -1,0 +1,147 @@
+"""Glue between operators and the catalog: read a version, run an operator, register the result.
+
+This is the only place that knows both sides, which keeps `filters/` and `synth/` free of the
+catalog (datatrove-style steps: one step, one job, stats out). Every step returns a
+`StepReport` that the CLI prints: rows in, rows out, removals by reason, seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from catalog import versions
+from catalog.db import Catalog
+from catalog.versions import Commit, VersionInfo, VersionRef
+from corpus.errors import KalmixError
+from corpus.operator import DATASET_COLUMN, Operator, OpResult
+from corpus.writer import write_table
+
+
+@dataclass
+class StepReport:
+    operation: str
+    sources: list[str]
+    results: list[str]
+    rows_in: int
+    rows_out: int
+    removed_by_reason: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.removed_by_reason.items())) or "none"
+        made = ", ".join(self.results) or "no new version (nothing changed)"
+        return (
+            f"{self.operation}: {', '.join(self.sources)} -> {made}: rows {self.rows_in} -> "
+            f"{self.rows_out}; removed: {reasons}; {self.seconds:.1f}s"
+        )
+
+
+def _count(removed: pa.Table) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in removed.column("reason").to_pylist():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def apply(
+    cat: Catalog,
+    source: VersionInfo,
+    op: Operator,
+    *,
+    operation: str,
+    params: dict[str, Any],
+    always_commit: bool = True,
+) -> StepReport:
+    """Run `op` over the whole version and register its output as the next version."""
+    start = time.perf_counter()
+    table = source.read()
+    if table.num_rows == 0:
+        raise KalmixError(f"{source.ref} is empty: nothing to {operation}")
+    result = op(table)
+    report = StepReport(operation, [str(source.ref)], [], table.num_rows, result.table.num_rows,
+                        _count(result.removed), stats=result.stats)
+    if always_commit or result.removed.num_rows:
+        ref = _commit_one(cat, source, result, operation, params)
+        report.results.append(str(ref))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _commit_one(cat: Catalog, source: VersionInfo, result: OpResult, operation: str, params: dict) -> VersionRef:
+    staged = versions.stage(cat, source.dataset)
+    try:
+        write_table(staged.path, result.table.drop_columns(
+            [c for c in (DATASET_COLUMN,) if c in result.table.column_names]))
+        removed = result.removed.drop_columns(
+            [c for c in (DATASET_COLUMN,) if c in result.removed.column_names])
+        [ref] = versions.commit(
+            cat,
+            Commit(staged, operation, params, parent=source.ref, stats={"operator": result.stats},
+                   removals=removed),
+        )
+    except BaseException:
+        staged.discard()
+        raise
+    return ref
+
+
+def apply_across(
+    cat: Catalog,
+    sources: list[VersionInfo],
+    op: Operator,
+    *,
+    operation: str,
+    params: dict[str, Any],
+) -> StepReport:
+    """Run `op` over several versions at once; one new version per dataset that lost rows.
+
+    All the new versions are registered in one transaction: all or none.
+    """
+    if not sources:
+        raise KalmixError(f"no datasets selected for {operation}")
+    start = time.perf_counter()
+    parts = []
+    for info in sources:
+        t = info.read()
+        parts.append(t.append_column(DATASET_COLUMN, pa.array([info.dataset] * t.num_rows, pa.string())))
+    table = pa.concat_tables(parts, promote_options="permissive")
+    if table.num_rows == 0:
+        raise KalmixError(f"the selected datasets are empty: nothing to {operation}")
+    result = op(table)
+    report = StepReport(operation, [str(s.ref) for s in sources], [], table.num_rows,
+                        result.table.num_rows, _count(result.removed), stats=result.stats)
+    commits = []
+    try:
+        for info in sources:
+            lost = result.removed.filter(pc.equal(result.removed.column(DATASET_COLUMN), info.dataset))
+            if lost.num_rows == 0:
+                continue
+            kept = result.table.filter(pc.equal(result.table.column(DATASET_COLUMN), info.dataset))
+            staged = versions.stage(cat, info.dataset)
+            commits.append(Commit(
+                staged, operation, {**params, "across": [str(s.ref) for s in sources]},
+                parent=info.ref, stats={"operator": result.stats},
+                removals=lost.drop_columns([DATASET_COLUMN]),
+            ))
+            write_table(staged.path, kept.drop_columns([DATASET_COLUMN]))
+        if commits:
+            report.results = [str(r) for r in versions.commit(cat, *commits)]
+    except BaseException:
+        for c in commits:
+            c.staged.discard()
+        raise
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def select_versions(cat: Catalog, where: str) -> list[VersionInfo]:
+    """Latest versions of the datasets a `WHERE` over `datasets_view` selects (read-only)."""
+    from catalog.queries import select_datasets
+
+    return [versions.resolve(cat, name) for name in select_datasets(cat, where)]

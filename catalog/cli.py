@@ -93,7 +93,7 @@ def show(
     print_table(lineage, title="lineage (newest first)", width=70)
     stats = info.stats
     console.print(f"languages: {stats.get('languages')}")
-    console.print(f"chars: {json.dumps(stats.get('chars'), default=lambda x: round(x, 1))}")
+    console.print(f"chars: {json.dumps(stats.get('chars'))}")
     if removals.num_rows:
         print_table(removals, title="removed in this version, by reason", width=80)
     if sample.num_rows:

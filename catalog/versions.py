@@ -166,7 +166,7 @@ def compute_stats(files: list[Path]) -> dict[str, Any]:
             f"SELECT quantile_cont(length({col}), [0.5, 0.9, 0.99]), avg(length({col})) FROM {src}"
         )
         if p[0] is not None:
-            lengths[col] = {"p50": p[0][0], "p90": p[0][1], "p99": p[0][2], "mean": p[1]}
+            lengths[col] = {k: round(x, 1) for k, x in zip(("p50", "p90", "p99", "mean"), [*p[0], p[1]], strict=True)}
     labels = con.execute(f"SELECT count(DISTINCT label) FROM {src}").fetchall()[0][0]
     con.close()
     return {"rows": rows, "languages": languages, "chars": lengths, "labels": labels}

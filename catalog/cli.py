@@ -12,13 +12,17 @@ from catalog.workspace import Workspace
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
 
-app = typer.Typer(help="Browse the catalog: task categories, datasets, versions and lineage.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Browse the catalog: task categories, datasets, versions and lineage.",
+    no_args_is_help=True,
+)
 
 
 @app.command()
 def categories(
-    task_type: str = typer.Option(None, "--task-type", "-t", help="Only this task type, e.g. retrieval."),
+    task_type: str = typer.Option(
+        None, "--task-type", "-t", help="Only this task type, e.g. retrieval."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the task categories with their datasets and rows.
@@ -34,7 +38,9 @@ def categories(
 
 @app.command()
 def datasets(
-    where: str = typer.Option(None, "--where", help="SQL WHERE over the datasets view, e.g. \"language = 'zh'\"."),
+    where: str = typer.Option(
+        None, "--where", help="SQL WHERE over the datasets view, e.g. \"language = 'zh'\"."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List datasets (latest versions), optionally filtered with SQL.
@@ -70,26 +76,49 @@ def show(
     removals = queries.removals_summary(cat, info.dataset, info.version)
     sample = info.read().slice(0, rows) if info.files else pa.table({})
     if as_json:
-        print_json({
-            "dataset": info.dataset, "version": info.version, "rows": info.rows,
-            "category": info.category, "task_type": info.task_type,
-            "content_hash": info.content_hash, "operation": info.operation, "params": info.params,
-            "stats": info.stats,
-            "lineage": [{"ref": str(v.ref), "operation": v.operation, "rows": v.rows,
-                         "params": v.params} for v in chain],
-            "removals": removals.to_pylist(), "sample": sample.to_pylist(),
-        })
+        print_json(
+            {
+                "dataset": info.dataset,
+                "version": info.version,
+                "rows": info.rows,
+                "category": info.category,
+                "task_type": info.task_type,
+                "content_hash": info.content_hash,
+                "operation": info.operation,
+                "params": info.params,
+                "stats": info.stats,
+                "lineage": [
+                    {
+                        "ref": str(v.ref),
+                        "operation": v.operation,
+                        "rows": v.rows,
+                        "params": v.params,
+                    }
+                    for v in chain
+                ],
+                "removals": removals.to_pylist(),
+                "sample": sample.to_pylist(),
+            }
+        )
         return
-    console.print(f"[bold]{info.ref}[/]  {info.task_type} / {info.category}  rows {info.rows}  "
-                  f"hash {info.content_hash[:12]}")
-    lineage = pa.table({
-        "version": [str(v.ref) for v in chain],
-        "operation": [v.operation for v in chain],
-        "rows": [v.rows for v in chain],
-        "removed": [v.stats.get("removed", 0) for v in chain],
-        "params": [json.dumps({k: p for k, p in v.params.items() if p not in (None, False)}, default=str)
-                   for v in chain],
-    })
+    console.print(
+        f"[bold]{info.ref}[/]  {info.task_type} / {info.category}  rows {info.rows}  "
+        f"hash {info.content_hash[:12]}"
+    )
+    lineage = pa.table(
+        {
+            "version": [str(v.ref) for v in chain],
+            "operation": [v.operation for v in chain],
+            "rows": [v.rows for v in chain],
+            "removed": [v.stats.get("removed", 0) for v in chain],
+            "params": [
+                json.dumps(
+                    {k: p for k, p in v.params.items() if p not in (None, False)}, default=str
+                )
+                for v in chain
+            ],
+        }
+    )
     print_table(lineage, title="lineage (newest first)", width=70)
     stats = info.stats
     console.print(f"languages: {stats.get('languages')}")
@@ -97,20 +126,27 @@ def show(
     if removals.num_rows:
         print_table(removals, title="removed in this version, by reason", width=80)
     if sample.num_rows:
-        cols = [c for c in ("id", "query", "positive", "negatives", "score", "label", "language")
-                if c in sample.column_names]
+        cols = [
+            c
+            for c in ("id", "query", "positive", "negatives", "score", "label", "language")
+            if c in sample.column_names
+        ]
         print_table(sample.select(cols), title="sample rows", width=60)
 
 
 @app.command()
-def check(fix: bool = typer.Option(False, "--fix", help="Delete orphan and stale staging folders.")) -> None:
+def check(
+    fix: bool = typer.Option(False, "--fix", help="Delete orphan and stale staging folders."),
+) -> None:
     """Find version folders without a catalog row (a crash mid-commit) and stale staging folders.
 
     Example: kalmix catalog check --fix
     """
     report = versions.check(Workspace.resolve().catalog(), fix=fix)
     for path in report.orphans:
-        console.print(f"orphan version folder (no catalog row): {path}" + (" — removed" if fix else ""))
+        console.print(
+            f"orphan version folder (no catalog row): {path}" + (" — removed" if fix else "")
+        )
     for path in report.stale_staging:
         console.print(f"stale staging folder (writer died): {path}" + (" — removed" if fix else ""))
     for ref in report.missing:

@@ -25,8 +25,13 @@ def categories(cat: Catalog, task_type: str | None = None) -> pa.Table:
     """
     table = cat.query(sql, [task_type, task_type])
     if task_type and table.num_rows == 0:
-        types = [r[0] for r in cat.query("SELECT DISTINCT task_type FROM categories ORDER BY 1").to_pylist()]
-        raise KalmixError(f"no categories of task type {task_type!r}; task types: {', '.join(types)}")
+        types = [
+            r[0]
+            for r in cat.query("SELECT DISTINCT task_type FROM categories ORDER BY 1").to_pylist()
+        ]
+        raise KalmixError(
+            f"no categories of task type {task_type!r}; task types: {', '.join(types)}"
+        )
     return table
 
 

@@ -162,11 +162,15 @@ def compute_stats(files: list[Path]) -> dict[str, Any]:
     )
     lengths = {}
     for col in ("query", "positive"):
-        p = fetch_one(con, 
-            f"SELECT quantile_cont(length({col}), [0.5, 0.9, 0.99]), avg(length({col})) FROM {src}"
+        p = fetch_one(
+            con,
+            f"SELECT quantile_cont(length({col}), [0.5, 0.9, 0.99]), avg(length({col})) FROM {src}",
         )
         if p[0] is not None:
-            lengths[col] = {k: round(x, 1) for k, x in zip(("p50", "p90", "p99", "mean"), [*p[0], p[1]], strict=True)}
+            lengths[col] = {
+                k: round(x, 1)
+                for k, x in zip(("p50", "p90", "p99", "mean"), [*p[0], p[1]], strict=True)
+            }
     labels = con.execute(f"SELECT count(DISTINCT label) FROM {src}").fetchall()[0][0]
     con.close()
     return {"rows": rows, "languages": languages, "chars": lengths, "labels": labels}
@@ -204,8 +208,8 @@ def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
         with cat.write() as con:
             for c, files, stats, removals, columns in prepared:
                 name = c.staged.dataset
-                known = fetch_one(con, 
-                    "SELECT category, task_type FROM datasets WHERE name = ?", [name]
+                known = fetch_one(
+                    con, "SELECT category, task_type FROM datasets WHERE name = ?", [name]
                 )
                 if known is None:
                     if c.info is None:
@@ -268,7 +272,15 @@ def _insert_dataset(con: duckdb.DuckDBPyConnection, info: DatasetInfo, columns: 
     con.execute(
         "INSERT INTO datasets(name, category, task_type, source, tags, columns, is_eval) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [info.name, info.category, info.task_type, info.source, list(info.tags), columns, info.is_eval],
+        [
+            info.name,
+            info.category,
+            info.task_type,
+            info.source,
+            list(info.tags),
+            columns,
+            info.is_eval,
+        ],
     )
 
 
@@ -290,8 +302,8 @@ def resolve(cat: Catalog, ref: VersionRef | str) -> VersionInfo:
     if isinstance(ref, str):
         ref = VersionRef.parse(ref)
     with cat.read() as con:
-        dataset = fetch_one(con, 
-            "SELECT category, task_type FROM datasets WHERE name = ?", [ref.dataset]
+        dataset = fetch_one(
+            con, "SELECT category, task_type FROM datasets WHERE name = ?", [ref.dataset]
         )
         if dataset is None:
             names = [r[0] for r in con.execute("SELECT name FROM datasets").fetchall()]
@@ -357,7 +369,8 @@ def check(cat: Catalog, fix: bool = False) -> CheckReport:
         rows = con.execute("SELECT dataset, version, path, files FROM dataset_versions").fetchall()
     registered = {(cat.workspace.root / r[2]).resolve() for r in rows}
     missing = [
-        f"{d}@v{v}" for d, v, p, files in rows
+        f"{d}@v{v}"
+        for d, v, p, files in rows
         if not all((cat.workspace.root / p / f).exists() for f in files)
     ]
     orphans, stale = [], []

@@ -19,7 +19,9 @@ R = TypeVar("R")
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 @dataclass
@@ -34,3 +36,24 @@ class LocalExecutor:
             return
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             yield from pool.map(fn, items)
+
+
+def prefetch_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int = 2, ahead: int = 4
+) -> Iterator[R]:
+    """`map(fn, items)` on a thread pool, in order, with at most `ahead` results in flight.
+
+    For stages whose work runs in native code that releases the GIL (polars parsing, DuckDB
+    hashing, Parquet encoding): two stages overlap on two cores while memory stays bounded.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -43,7 +43,10 @@ def empty_removals(with_dataset: bool = False) -> pa.Table:
 
 
 def split_by_mask(
-    table: pa.Table, keep: pa.Array | list[bool], reasons: list[str | None], details: list[dict | None]
+    table: pa.Table,
+    keep: pa.Array | list[bool],
+    reasons: list[str | None],
+    details: list[dict | None],
 ) -> tuple[pa.Table, pa.Table]:
     """Kept rows, and removal rows built from the rest (reason/detail per row; positional)."""
     keep_arr = pa.array(keep, pa.bool_())
@@ -53,10 +56,15 @@ def split_by_mask(
         "id": pc.take(table.column("id"), pa.array(drop_idx, pa.int64())),
         "reason": pa.array([reasons[i] for i in drop_idx], pa.string()),
         "detail": pa.array(
-            [json.dumps(details[i], ensure_ascii=False) if details[i] is not None else None for i in drop_idx],
+            [
+                json.dumps(details[i], ensure_ascii=False) if details[i] is not None else None
+                for i in drop_idx
+            ],
             pa.string(),
         ),
     }
     if DATASET_COLUMN in table.column_names:
-        removed[DATASET_COLUMN] = pc.take(table.column(DATASET_COLUMN), pa.array(drop_idx, pa.int64()))
+        removed[DATASET_COLUMN] = pc.take(
+            table.column(DATASET_COLUMN), pa.array(drop_idx, pa.int64())
+        )
     return kept, pa.table(removed)

@@ -22,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from corpus.errors import KalmixError
+from corpus.executor import prefetch_map
 
 FORMATS = ("jsonl", "parquet", "csv", "tsv", "hf")
 
@@ -46,8 +47,14 @@ def detect_format(path: Path) -> str:
     for suffix in (".gz", ".zst", ".zstd"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"),
-                     (".parquet", "parquet"), (".csv", "csv"), (".tsv", "tsv")):
+    for ext, fmt in (
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "jsonl"),
+        (".parquet", "parquet"),
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+    ):
         if name.endswith(ext):
             return fmt
     raise KalmixError(
@@ -101,32 +108,47 @@ def _open_text(path: Path):
     return open(path, "rb")
 
 
-def _jsonl(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats) -> Iterator[pa.Table]:
+def _jsonl(
+    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats
+) -> Iterator[pa.Table]:
+    """Blocks of whole lines, cut at the last newline of a fixed-size read (no per-line Python),
+    parsed by polars on a small thread pool while the next block is read."""
+
+    def parse(block: tuple[bytes, int]) -> pa.Table:
+        data, first = block
+        try:
+            return pl.read_ndjson(io.BytesIO(data), infer_schema_length=None).to_arrow()
+        except Exception:  # noqa: BLE001 - any parse failure falls back to the slow path
+            return _jsonl_slow(data.split(b"\n"), first, path, skip_invalid, stats)
+
+    yield from prefetch_map(parse, _line_blocks(path, max(1 << 20, batch_rows * 256), stats))
+
+
+def _line_blocks(path: Path, block_bytes: int, stats: ReadStats) -> Iterator[tuple[bytes, int]]:
     line_no = 0
-    with _open_text(path) as raw:
-        stream = io.BufferedReader(raw) if not isinstance(raw, io.BufferedReader) else raw
+    tail = b""
+    with _open_text(path) as stream:
         while True:
-            lines = []
-            for _ in range(batch_rows):
-                line = stream.readline()
-                if not line:
-                    break
-                lines.append(line)
-            if not lines:
+            chunk = stream.read(block_bytes)
+            data = tail + chunk
+            tail = b""
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    tail = data
+                    continue
+                data, tail = data[:cut], data[cut:]
+            if data.strip():
+                stats.bytes_read += len(data)
+                yield data, line_no + 1
+            line_no += data.count(b"\n")
+            if not chunk:
                 return
-            first = line_no + 1
-            line_no += len(lines)
-            stats.bytes_read += sum(len(x) for x in lines)
-            block = b"".join(x if x.endswith(b"\n") else x + b"\n" for x in lines if x.strip())
-            if not block:
-                continue
-            try:
-                yield pl.read_ndjson(io.BytesIO(block), infer_schema_length=None).to_arrow()
-            except Exception:  # noqa: BLE001 - any parse failure falls back to the slow path
-                yield _jsonl_slow(lines, first, path, skip_invalid, stats)
 
 
-def _jsonl_slow(lines: list[bytes], first: int, path: Path, skip_invalid: bool, stats: ReadStats) -> pa.Table:
+def _jsonl_slow(
+    lines: list[bytes], first: int, path: Path, skip_invalid: bool, stats: ReadStats
+) -> pa.Table:
     rows = []
     for offset, line in enumerate(lines):
         if not line.strip():
@@ -146,7 +168,12 @@ def _jsonl_slow(lines: list[bytes], first: int, path: Path, skip_invalid: bool, 
             if len(stats.invalid_lines) < 20:
                 stats.invalid_lines.append(number)
             continue
-        rows.append({k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v) for k, v in obj.items()})
+        rows.append(
+            {
+                k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict) else v)
+                for k, v in obj.items()
+            }
+        )
     if not rows:
         return pa.table({})
     try:
@@ -154,12 +181,21 @@ def _jsonl_slow(lines: list[bytes], first: int, path: Path, skip_invalid: bool, 
     except Exception:  # noqa: BLE001 - mixed types per column: keep everything as text
         keys = list(dict.fromkeys(k for r in rows for k in r))
         return pa.table(
-            {k: [None if r.get(k) is None else (r[k] if isinstance(r[k], str) else json.dumps(r[k]))
-                 for r in rows] for k in keys}
+            {
+                k: [
+                    None
+                    if r.get(k) is None
+                    else (r[k] if isinstance(r[k], str) else json.dumps(r[k]))
+                    for r in rows
+                ]
+                for k in keys
+            }
         )
 
 
-def _parquet(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats) -> Iterator[pa.Table]:
+def _parquet(
+    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats
+) -> Iterator[pa.Table]:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
@@ -168,7 +204,9 @@ def _parquet(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStat
         yield pa.Table.from_batches([batch])
 
 
-def _csv(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, delimiter: str) -> Iterator[pa.Table]:
+def _csv(
+    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, delimiter: str
+) -> Iterator[pa.Table]:
     with _open_text(path) as raw:
         head = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="").readline()
     if not head.strip():
@@ -211,14 +249,14 @@ def _csv(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, d
         ) from None
 
 
-def _hf(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, split: str | None) -> Iterator[pa.Table]:
+def _hf(
+    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, split: str | None
+) -> Iterator[pa.Table]:
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         chosen = split or ("train" if "train" in splits else None)
         if chosen not in splits:
-            raise KalmixError(
-                f"{path} holds splits {', '.join(splits)}: choose one with --split"
-            )
+            raise KalmixError(f"{path} holds splits {', '.join(splits)}: choose one with --split")
         path = path / chosen
     state = json.loads((path / "state.json").read_text())
     info_file = path / "dataset_info.json"
@@ -235,7 +273,12 @@ def _hf(path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, sp
                 table = pa.Table.from_batches([batch])
                 for name, names in class_names.items():
                     if name in table.column_names:
-                        labels = pa.array([names[i] if i is not None and i >= 0 else None
-                                           for i in table.column(name).to_pylist()], pa.string())
+                        labels = pa.array(
+                            [
+                                names[i] if i is not None and i >= 0 else None
+                                for i in table.column(name).to_pylist()
+                            ],
+                            pa.string(),
+                        )
                         table = table.set_column(table.column_names.index(name), name, labels)
                 yield table

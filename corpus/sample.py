@@ -16,11 +16,48 @@ from importlib import resources
 from pathlib import Path
 
 MODULES = (
-    "json", "os.path", "re", "itertools", "functools", "collections", "pathlib", "string",
-    "textwrap", "math", "statistics", "datetime", "random", "shutil", "csv", "gzip", "hashlib",
-    "heapq", "bisect", "argparse", "base64", "calendar", "copy", "difflib", "fnmatch", "glob",
-    "html", "ipaddress", "operator", "pprint", "secrets", "shlex", "struct", "tempfile", "uuid",
-    "zipfile", "tarfile", "urllib.parse", "unicodedata", "fractions", "decimal", "enum",
+    "json",
+    "os.path",
+    "re",
+    "itertools",
+    "functools",
+    "collections",
+    "pathlib",
+    "string",
+    "textwrap",
+    "math",
+    "statistics",
+    "datetime",
+    "random",
+    "shutil",
+    "csv",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "bisect",
+    "argparse",
+    "base64",
+    "calendar",
+    "copy",
+    "difflib",
+    "fnmatch",
+    "glob",
+    "html",
+    "ipaddress",
+    "operator",
+    "pprint",
+    "secrets",
+    "shlex",
+    "struct",
+    "tempfile",
+    "uuid",
+    "zipfile",
+    "tarfile",
+    "urllib.parse",
+    "unicodedata",
+    "fractions",
+    "decimal",
+    "enum",
 )
 
 
@@ -30,8 +67,9 @@ def python_docs_records() -> list[dict]:
     for module_name in MODULES:
         module = importlib.import_module(module_name)
         for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)
-                                            or inspect.isbuiltin(obj)):
+            if name.startswith("_") or not (
+                inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj)
+            ):
                 continue
             owner = (getattr(obj, "__module__", None) or module_name).lstrip("_").split(".")[0]
             if owner not in (module_name.split(".")[0], "posixpath"):
@@ -40,12 +78,14 @@ def python_docs_records() -> list[dict]:
             if not doc or len(doc) < 40:
                 continue
             doc = " ".join(doc.split())[:1200]
-            rows.append({
-                "question": f"How do I use {module_name}.{name} in Python?",
-                "answer": doc,
-                "module": module_name,
-                "lang": "en",
-            })
+            rows.append(
+                {
+                    "question": f"How do I use {module_name}.{name} in Python?",
+                    "answer": doc,
+                    "module": module_name,
+                    "lang": "en",
+                }
+            )
     return rows
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import threading
 
 import duckdb
 import polars as pl
@@ -68,7 +69,16 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 # Column names recognised without a --map, in order of preference.
 ALIASES: dict[str, tuple[str, ...]] = {
     "query": ("query", "question", "sentence1", "text", "anchor", "sentence", "title", "src"),
-    "positive": ("positive", "answer", "sentence2", "pos", "passage", "document", "response", "tgt"),
+    "positive": (
+        "positive",
+        "answer",
+        "sentence2",
+        "pos",
+        "passage",
+        "document",
+        "response",
+        "tgt",
+    ),
     "negatives": ("negatives", "negative", "neg", "hard_negatives"),
     "score": ("score", "similarity", "relevance"),
     "label": ("label", "category", "intent", "class"),
@@ -125,7 +135,9 @@ def resolve_columns(columns: list[str], task_type: str, mapping: dict[str, str])
     missing = [f for f in REQUIRED_FIELDS[task_type] if f not in resolved]
     if missing:
         free = [c for c in columns if c not in taken]
-        hint = ",".join(f"{f}={free[i] if i < len(free) else 'COLUMN'}" for i, f in enumerate(missing))
+        hint = ",".join(
+            f"{f}={free[i] if i < len(free) else 'COLUMN'}" for i, f in enumerate(missing)
+        )
         raise KalmixError(
             f"a {task_type} dataset needs field(s) {', '.join(missing)} but the input has no "
             f"column for them; its columns are: {', '.join(columns) or '(none)'}. "
@@ -160,7 +172,14 @@ def to_records(
         if dtype == pl.String:
             return col
         if isinstance(dtype, pl.Struct | pl.List):
-            return col.map_batches(lambda s: s.struct.json_encode() if isinstance(s.dtype, pl.Struct) else s.cast(pl.List(pl.String)).list.join(" "), return_dtype=pl.String)
+            return col.map_batches(
+                lambda s: (
+                    s.struct.json_encode()
+                    if isinstance(s.dtype, pl.Struct)
+                    else s.cast(pl.List(pl.String)).list.join(" ")
+                ),
+                return_dtype=pl.String,
+            )
         return col.cast(pl.String)
 
     if "negatives" in columns:
@@ -193,12 +212,16 @@ def to_records(
     else:
         meta_expr = pl.lit("{}")
     if extra and meta_parts:
-        meta_expr = pl.struct([pl.struct(extra).alias("columns"), meta_parts[0].alias("meta")]).struct.json_encode()
+        meta_expr = pl.struct(
+            [pl.struct(extra).alias("columns"), meta_parts[0].alias("meta")]
+        ).struct.json_encode()
 
     lang = text("language") if "language" in columns else pl.lit(language or UNKNOWN_LANGUAGE)
     if "language" in columns:
         lang = lang.fill_null(pl.lit(language or UNKNOWN_LANGUAGE))
-    instr = text("instruction") if "instruction" in columns else pl.lit(instruction, dtype=pl.String)
+    instr = (
+        text("instruction") if "instruction" in columns else pl.lit(instruction, dtype=pl.String)
+    )
 
     out = df.select(
         pl.lit(task_type).alias("task_type"),
@@ -227,7 +250,7 @@ def attach_ids(table: pa.Table) -> pa.Table:
     """
     if "id" in table.column_names:
         table = table.drop_columns(["id"])
-    con = duckdb.connect()
+    con = _duckdb()
     con.register("t", table)
     ids = con.sql(
         """
@@ -237,9 +260,19 @@ def attach_ids(table: pa.Table) -> pa.Table:
         FROM t
         """
     ).to_arrow_table()
-    con.close()
+    con.unregister("t")
     table = table.add_column(0, pa.field("id", pa.string(), nullable=False), ids.column("id"))
     return conform(table)
+
+
+_local = threading.local()
+
+
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB per thread: connecting costs more than hashing a batch."""
+    if not hasattr(_local, "con"):
+        _local.con = duckdb.connect()
+    return _local.con
 
 
 def conform(table: pa.Table) -> pa.Table:

@@ -26,7 +26,10 @@ app.add_typer(catalog_app, name="catalog")
 @app.callback()
 def root(
     workspace: Path = typer.Option(
-        None, "--workspace", "-w", envvar="KALMIX_HOME",
+        None,
+        "--workspace",
+        "-w",
+        envvar="KALMIX_HOME",
         help="Workspace folder (default: $KALMIX_HOME, else the current folder).",
     ),
 ) -> None:
@@ -48,16 +51,32 @@ def init(path: Path = typer.Argument(..., help="Folder to create (or complete)."
 
 @app.command()
 def ingest(
-    file: Path = typer.Argument(..., help="JSONL (.gz/.zst), Parquet, CSV/TSV, or a `datasets` save_to_disk folder."),
-    name: str = typer.Option(..., "--name", help="Dataset name; an existing name gets a new version."),
-    category: str = typer.Option(..., "--category", help="Task category (kalmix catalog categories)."),
+    file: Path = typer.Argument(
+        ..., help="JSONL (.gz/.zst), Parquet, CSV/TSV, or a `datasets` save_to_disk folder."
+    ),
+    name: str = typer.Option(
+        ..., "--name", help="Dataset name; an existing name gets a new version."
+    ),
+    category: str = typer.Option(
+        ..., "--category", help="Task category (kalmix catalog categories)."
+    ),
     task_type: str = typer.Option(None, "--task-type", help="Default: the category's task type."),
-    mapping: str = typer.Option(None, "--map", help="Record field = source column, e.g. query=question,positive=answer."),
-    language: str = typer.Option(None, "--language", help="Language of rows without one (ISO 639-1)."),
-    fmt: str = typer.Option(None, "--format", help="jsonl, parquet, csv, tsv or hf (default: from the name)."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip malformed lines; their count goes in the stats."),
+    mapping: str = typer.Option(
+        None, "--map", help="Record field = source column, e.g. query=question,positive=answer."
+    ),
+    language: str = typer.Option(
+        None, "--language", help="Language of rows without one (ISO 639-1)."
+    ),
+    fmt: str = typer.Option(
+        None, "--format", help="jsonl, parquet, csv, tsv or hf (default: from the name)."
+    ),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Skip malformed lines; their count goes in the stats."
+    ),
     split: str = typer.Option(None, "--split", help="Split of a `datasets` DatasetDict folder."),
-    is_eval: bool = typer.Option(False, "--eval", help="Mark as evaluation data (never mixed into training)."),
+    is_eval: bool = typer.Option(
+        False, "--eval", help="Mark as evaluation data (never mixed into training)."
+    ),
 ) -> None:
     """Ingest a file as a new immutable dataset version.
 
@@ -71,12 +90,23 @@ def ingest(
     cat = Workspace.resolve().catalog()
     with console.status(f"ingesting {file} ...") as status:
         result = run_ingest(
-            cat, file, name=name, category=category, task_type=task_type, mapping=mapping,
-            language=language, fmt=fmt, skip_invalid=skip_invalid, split=split, is_eval=is_eval,
+            cat,
+            file,
+            name=name,
+            category=category,
+            task_type=task_type,
+            mapping=mapping,
+            language=language,
+            fmt=fmt,
+            skip_invalid=skip_invalid,
+            split=split,
+            is_eval=is_eval,
             progress=lambda s: status.update(f"ingesting {file}: {s.rows:,} rows"),
         )
     skipped = f", {result.invalid} invalid skipped" if result.invalid else ""
-    console.print(f"ingest: {file} -> {result.ref}: {result.rows:,} rows{skipped}; {result.seconds:.1f}s")
+    console.print(
+        f"ingest: {file} -> {result.ref}: {result.rows:,} rows{skipped}; {result.seconds:.1f}s"
+    )
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from catalog import versions
 from catalog.db import Catalog, fetch_one
 from catalog.versions import Commit, DatasetInfo, VersionRef
 from corpus.errors import KalmixError
+from corpus.executor import prefetch_map
 from corpus.readers import ReadStats, iter_tables
 from corpus.schema import parse_mapping, resolve_columns, suggest, to_records
 from corpus.writer import ShardWriter
@@ -44,8 +45,14 @@ def ingest(
     path = Path(path)
     versions.check_name(name)
     with cat.read() as con:
-        row = fetch_one(con, "SELECT task_type, instruction FROM categories WHERE name = ?", [category])
-        names = [r[0] for r in con.execute("SELECT name FROM categories").fetchall()] if row is None else []
+        row = fetch_one(
+            con, "SELECT task_type, instruction FROM categories WHERE name = ?", [category]
+        )
+        names = (
+            [r[0] for r in con.execute("SELECT name FROM categories").fetchall()]
+            if row is None
+            else []
+        )
         existing = fetch_one(con, "SELECT category, task_type FROM datasets WHERE name = ?", [name])
     if row is None:
         raise KalmixError(
@@ -63,13 +70,29 @@ def ingest(
     staged = versions.stage(cat, name)
     try:
         writer = ShardWriter(staged.path)
-        columns = None
-        for table in iter_tables(path, fmt, batch_rows=batch_rows, skip_invalid=skip_invalid,
-                                 split=split, stats=stats):
-            if columns is None:
-                columns = resolve_columns(table.column_names, task_type, parsed)
-            records = to_records(table, columns, task_type=task_type, category=category,
-                                 source=source or path.name, language=language)
+        columns: dict[str, str] = {}
+
+        def convert(table):
+            if not columns:
+                columns.update(resolve_columns(table.column_names, task_type, parsed))
+            return to_records(
+                table,
+                columns,
+                task_type=task_type,
+                category=category,
+                source=source or path.name,
+                language=language,
+            )
+
+        tables = iter_tables(
+            path, fmt, batch_rows=batch_rows, skip_invalid=skip_invalid, split=split, stats=stats
+        )
+        # The first batch fixes the column mapping, so convert it before going parallel.
+        first = next(tables, None)
+        rest = prefetch_map(convert, tables, workers=2, ahead=3) if first is not None else iter(())
+        for records in [convert(first)] if first is not None else []:
+            writer.write(records)
+        for records in rest:
             writer.write(records)
             if progress:
                 progress(stats)
@@ -79,13 +102,23 @@ def ingest(
             raise KalmixError(f"{path} holds no records{detail}: nothing ingested")
         if existing:
             _check_schema(cat, name, columns)
-        params = {"file": str(path.resolve()), "format": fmt, "map": columns, "language": language,
-                  "skip_invalid": skip_invalid, "split": split}
+        params = {
+            "file": str(path.resolve()),
+            "format": fmt,
+            "map": columns,
+            "language": language,
+            "skip_invalid": skip_invalid,
+            "split": split,
+        }
         [ref] = versions.commit(
             cat,
             Commit(
-                staged, "ingest", params,
-                info=DatasetInfo(name, category, task_type, source=source or path.name, is_eval=is_eval),
+                staged,
+                "ingest",
+                params,
+                info=DatasetInfo(
+                    name, category, task_type, source=source or path.name, is_eval=is_eval
+                ),
                 stats={"invalid_skipped": stats.invalid, "invalid_lines": stats.invalid_lines},
             ),
         )

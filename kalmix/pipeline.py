@@ -64,8 +64,15 @@ def apply(
     if table.num_rows == 0:
         raise KalmixError(f"{source.ref} is empty: nothing to {operation}")
     result = op(table)
-    report = StepReport(operation, [str(source.ref)], [], table.num_rows, result.table.num_rows,
-                        _count(result.removed), stats=result.stats)
+    report = StepReport(
+        operation,
+        [str(source.ref)],
+        [],
+        table.num_rows,
+        result.table.num_rows,
+        _count(result.removed),
+        stats=result.stats,
+    )
     if always_commit or result.removed.num_rows:
         ref = _commit_one(cat, source, result, operation, params)
         report.results.append(str(ref))
@@ -73,17 +80,30 @@ def apply(
     return report
 
 
-def _commit_one(cat: Catalog, source: VersionInfo, result: OpResult, operation: str, params: dict) -> VersionRef:
+def _commit_one(
+    cat: Catalog, source: VersionInfo, result: OpResult, operation: str, params: dict
+) -> VersionRef:
     staged = versions.stage(cat, source.dataset)
     try:
-        write_table(staged.path, result.table.drop_columns(
-            [c for c in (DATASET_COLUMN,) if c in result.table.column_names]))
+        write_table(
+            staged.path,
+            result.table.drop_columns(
+                [c for c in (DATASET_COLUMN,) if c in result.table.column_names]
+            ),
+        )
         removed = result.removed.drop_columns(
-            [c for c in (DATASET_COLUMN,) if c in result.removed.column_names])
+            [c for c in (DATASET_COLUMN,) if c in result.removed.column_names]
+        )
         [ref] = versions.commit(
             cat,
-            Commit(staged, operation, params, parent=source.ref, stats={"operator": result.stats},
-                   removals=removed),
+            Commit(
+                staged,
+                operation,
+                params,
+                parent=source.ref,
+                stats={"operator": result.stats},
+                removals=removed,
+            ),
         )
     except BaseException:
         staged.discard()
@@ -109,26 +129,42 @@ def apply_across(
     parts = []
     for info in sources:
         t = info.read()
-        parts.append(t.append_column(DATASET_COLUMN, pa.array([info.dataset] * t.num_rows, pa.string())))
+        parts.append(
+            t.append_column(DATASET_COLUMN, pa.array([info.dataset] * t.num_rows, pa.string()))
+        )
     table = pa.concat_tables(parts, promote_options="permissive")
     if table.num_rows == 0:
         raise KalmixError(f"the selected datasets are empty: nothing to {operation}")
     result = op(table)
-    report = StepReport(operation, [str(s.ref) for s in sources], [], table.num_rows,
-                        result.table.num_rows, _count(result.removed), stats=result.stats)
+    report = StepReport(
+        operation,
+        [str(s.ref) for s in sources],
+        [],
+        table.num_rows,
+        result.table.num_rows,
+        _count(result.removed),
+        stats=result.stats,
+    )
     commits = []
     try:
         for info in sources:
-            lost = result.removed.filter(pc.equal(result.removed.column(DATASET_COLUMN), info.dataset))
+            lost = result.removed.filter(
+                pc.equal(result.removed.column(DATASET_COLUMN), info.dataset)
+            )
             if lost.num_rows == 0:
                 continue
             kept = result.table.filter(pc.equal(result.table.column(DATASET_COLUMN), info.dataset))
             staged = versions.stage(cat, info.dataset)
-            commits.append(Commit(
-                staged, operation, {**params, "across": [str(s.ref) for s in sources]},
-                parent=info.ref, stats={"operator": result.stats},
-                removals=lost.drop_columns([DATASET_COLUMN]),
-            ))
+            commits.append(
+                Commit(
+                    staged,
+                    operation,
+                    {**params, "across": [str(s.ref) for s in sources]},
+                    parent=info.ref,
+                    stats={"operator": result.stats},
+                    removals=lost.drop_columns([DATASET_COLUMN]),
+                )
+            )
             write_table(staged.path, kept.drop_columns([DATASET_COLUMN]))
         if commits:
             report.results = [str(r) for r in versions.commit(cat, *commits)]

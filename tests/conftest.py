@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from catalog.workspace import Workspace
 
-SHARED_DATA = Path(os.environ.get("KALMIX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("KALMIX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 @pytest.fixture

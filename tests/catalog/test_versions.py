@@ -16,20 +16,37 @@ from tests.conftest import write_jsonl
 
 
 def records(n: int, prefix: str = "q") -> pa.Table:
-    return attach_ids(pa.table({
-        "task_type": ["retrieval"] * n, "category": ["faq-retrieval"] * n,
-        "instruction": [None] * n, "query": [f"{prefix} {i}" for i in range(n)],
-        "positive": [f"answer {i}" for i in range(n)], "negatives": [[] for _ in range(n)],
-        "score": [None] * n, "label": [None] * n, "language": ["en"] * n,
-        "source": ["test"] * n, "meta": ["{}"] * n,
-    }))
+    return attach_ids(
+        pa.table(
+            {
+                "task_type": ["retrieval"] * n,
+                "category": ["faq-retrieval"] * n,
+                "instruction": [None] * n,
+                "query": [f"{prefix} {i}" for i in range(n)],
+                "positive": [f"answer {i}" for i in range(n)],
+                "negatives": [[] for _ in range(n)],
+                "score": [None] * n,
+                "label": [None] * n,
+                "language": ["en"] * n,
+                "source": ["test"] * n,
+                "meta": ["{}"] * n,
+            }
+        )
+    )
 
 
 def test_taxonomy_has_100_categories_of_every_task_type(cat):
     table = queries.categories(cat)
     assert table.num_rows >= 100
     assert set(table.column("task_type").to_pylist()) == {
-        "retrieval", "sts", "classification", "clustering", "pair_classification", "reranking", "bitext"}
+        "retrieval",
+        "sts",
+        "classification",
+        "clustering",
+        "pair_classification",
+        "reranking",
+        "bitext",
+    }
     assert all(table.column("instruction").to_pylist())
 
 
@@ -42,7 +59,9 @@ def test_schema_version_recorded_and_reopen_is_idempotent(ws, cat):
 def test_commit_assigns_versions_and_lineage(cat):
     staged = versions.stage(cat, "faq")
     write_table(staged.path, records(10))
-    [v1] = versions.commit(cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval")))
+    [v1] = versions.commit(
+        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
+    )
     staged = versions.stage(cat, "faq")
     write_table(staged.path, records(10).slice(0, 7))
     [v2] = versions.commit(cat, Commit(staged, "dedup", {"threshold": 0.8}, parent=v1))
@@ -58,7 +77,9 @@ def test_failed_commit_leaves_nothing(cat):
     staged = versions.stage(cat, "bad")
     write_table(staged.path, records(3))
     with pytest.raises(KalmixError, match="unknown category"):
-        versions.commit(cat, Commit(staged, "ingest", {}, info=DatasetInfo("bad", "no-such-cat", "retrieval")))
+        versions.commit(
+            cat, Commit(staged, "ingest", {}, info=DatasetInfo("bad", "no-such-cat", "retrieval"))
+        )
     assert not staged.path.exists()
     assert list((cat.workspace.data_dir / "bad").iterdir()) == []
     assert cat.query("SELECT count(*) AS n FROM dataset_versions").to_pylist()[0]["n"] == 0
@@ -67,7 +88,9 @@ def test_failed_commit_leaves_nothing(cat):
 def test_unknown_dataset_and_version_messages(cat):
     staged = versions.stage(cat, "faq")
     write_table(staged.path, records(2))
-    versions.commit(cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval")))
+    versions.commit(
+        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
+    )
     with pytest.raises(KalmixError, match="did you mean faq"):
         versions.resolve(cat, "fqa")
     with pytest.raises(KalmixError, match="has versions: v1"):
@@ -88,7 +111,9 @@ def test_check_reports_and_fixes_orphans(cat):
 def test_where_cannot_write_or_read_files(cat, tmp_path):
     staged = versions.stage(cat, "faq")
     write_table(staged.path, records(2))
-    versions.commit(cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval")))
+    versions.commit(
+        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
+    )
     with pytest.raises(KalmixError):
         queries.datasets(cat, "1=1; DROP TABLE datasets")
     with pytest.raises(KalmixError):
@@ -121,18 +146,26 @@ print(n)
 
 
 def test_two_writers_and_a_reader_all_succeed(ws, tmp_path):
-    src = write_jsonl(tmp_path / "faq.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(200)])
+    src = write_jsonl(
+        tmp_path / "faq.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(200)]
+    )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(ws.root), str(src), f"faq{k}", "4"], env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(ws.root), str(src), f"faq{k}", "4"], env=env
+        )
         for k in range(2)
     ]
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(ws.root), "8"], env=env, stdout=subprocess.PIPE)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(ws.root), "8"], env=env, stdout=subprocess.PIPE
+    )
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
     out, _ = reader.communicate(timeout=120)
     assert reader.returncode == 0 and int(out) > 0
     cat = ws.catalog()
-    rows = cat.query("SELECT dataset, count(*) AS n, sum(rows) AS r FROM dataset_versions GROUP BY 1 ORDER BY 1").to_pylist()
+    rows = cat.query(
+        "SELECT dataset, count(*) AS n, sum(rows) AS r FROM dataset_versions GROUP BY 1 ORDER BY 1"
+    ).to_pylist()
     assert rows == [{"dataset": "faq0", "n": 4, "r": 800}, {"dataset": "faq1", "n": 4, "r": 800}]
 
 
@@ -154,12 +187,18 @@ ingest(cat, sys.argv[2], name="faq", category="faq-retrieval")
 
 
 def test_killed_ingest_leaves_previous_version_intact(ws, tmp_path):
-    src = write_jsonl(tmp_path / "faq.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(50)])
+    src = write_jsonl(
+        tmp_path / "faq.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(50)]
+    )
     cat = ws.catalog()
     ingest(cat, src, name="faq", category="faq-retrieval")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(ws.root), str(src)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(ws.root), str(src)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -12,8 +12,13 @@ def test_init_categories_ingest_datasets_show_check(cli, ws, tmp_path):
     cats = json.loads(result.output)
     assert cats and {c["task_type"] for c in cats} == {"sts"}
 
-    src = write_jsonl(tmp_path / "faq.jsonl", [{"question": "Wie spät ist es?", "answer": "Es ist zehn Uhr.", "lang": "de"},
-                                               {"question": "What time is it?", "answer": "Ten o'clock.", "lang": "en"}])
+    src = write_jsonl(
+        tmp_path / "faq.jsonl",
+        [
+            {"question": "Wie spät ist es?", "answer": "Es ist zehn Uhr.", "lang": "de"},
+            {"question": "What time is it?", "answer": "Ten o'clock.", "lang": "en"},
+        ],
+    )
     result = cli("ingest", str(src), "--name", "faq", "--category", "faq-retrieval")
     assert result.exit_code == 0, result.output
     assert "faq@v1: 2 rows" in result.output
@@ -35,20 +40,43 @@ def test_init_categories_ingest_datasets_show_check(cli, ws, tmp_path):
 
 def test_errors_are_one_line_with_exit_code_2(ws, tmp_path):
     env = {**os.environ, "KALMIX_HOME": str(ws.root)}
-    proc = subprocess.run([sys.executable, "-m", "kalmix", "ingest", str(tmp_path / "missing.jsonl"),
-                           "--name", "x", "--category", "faq-retrieval"], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kalmix",
+            "ingest",
+            str(tmp_path / "missing.jsonl"),
+            "--name",
+            "x",
+            "--category",
+            "faq-retrieval",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert "error: input not found" in proc.stderr and "Traceback" not in proc.stderr
 
-    proc = subprocess.run([sys.executable, "-m", "kalmix", "catalog", "show", "nothing"], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kalmix", "catalog", "show", "nothing"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "unknown dataset" in proc.stderr
 
 
 def test_no_workspace_says_how_to_make_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KALMIX_HOME"}
-    proc = subprocess.run([sys.executable, "-m", "kalmix", "catalog", "datasets"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kalmix", "catalog", "datasets"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "kalmix init" in proc.stderr
 
 

@@ -12,16 +12,26 @@ from corpus.errors import KalmixError
 from kalmix.ingest import ingest
 from tests.conftest import write_jsonl
 
-ROWS = [{"question": f"How do I do thing {i}?", "answer": f"Do it like {i}.", "topic": "t"} for i in range(20)]
+ROWS = [
+    {"question": f"How do I do thing {i}?", "answer": f"Do it like {i}.", "topic": "t"}
+    for i in range(20)
+]
 
 
 def assert_nothing_registered(cat, name="faq"):
-    assert cat.query("SELECT count(*) AS n FROM dataset_versions WHERE dataset = ?", [name]).to_pylist()[0]["n"] == 0
+    assert (
+        cat.query(
+            "SELECT count(*) AS n FROM dataset_versions WHERE dataset = ?", [name]
+        ).to_pylist()[0]["n"]
+        == 0
+    )
     folder = cat.workspace.data_dir / name
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".csv", ".tsv"])
+@pytest.mark.parametrize(
+    "suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".csv", ".tsv"]
+)
 def test_formats_give_the_same_records(cat, tmp_path, suffix):
     path = tmp_path / f"faq{suffix}"
     lines = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
@@ -35,27 +45,45 @@ def test_formats_give_the_same_records(cat, tmp_path, suffix):
         pq.write_table(pa.Table.from_pylist(ROWS), path)
     else:
         sep = "," if suffix == ".csv" else "\t"
-        path.write_text("question{0}answer{0}topic\n".format(sep) + "".join(
-            f'"{r["question"]}"{sep}"{r["answer"]}"{sep}t\n' for r in ROWS))
+        path.write_text(
+            f"question{sep}answer{sep}topic\n"
+            + "".join(f'"{r["question"]}"{sep}"{r["answer"]}"{sep}t\n' for r in ROWS)
+        )
     result = ingest(cat, path, name="faq", category="faq-retrieval", language="en")
     table = versions.resolve(cat, result.ref).read()
     assert table.num_rows == 20
     assert table.column("query").to_pylist()[3] == "How do I do thing 3?"
     assert json.loads(table.column("meta").to_pylist()[0]) == {"topic": "t"}
-    expected_ids = ingest(cat, write_jsonl(tmp_path / "ref.jsonl", ROWS), name="ref",
-                          category="faq-retrieval", language="en")
-    assert table.column("id").to_pylist() == versions.resolve(cat, expected_ids.ref).read().column("id").to_pylist()
+    expected_ids = ingest(
+        cat,
+        write_jsonl(tmp_path / "ref.jsonl", ROWS),
+        name="ref",
+        category="faq-retrieval",
+        language="en",
+    )
+    assert (
+        table.column("id").to_pylist()
+        == versions.resolve(cat, expected_ids.ref).read().column("id").to_pylist()
+    )
 
 
 def test_hf_save_to_disk_folder_with_class_labels(cat, tmp_path):
     import datasets
 
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["card_lost", "refund"])})
-    dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"text": ["lost my card", "want money back"], "label": [0, 1]}, features=features),
-        "test": datasets.Dataset.from_dict({"text": ["x"], "label": [0]}, features=features),
-    })
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["card_lost", "refund"]),
+        }
+    )
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"text": ["lost my card", "want money back"], "label": [0, 1]}, features=features
+            ),
+            "test": datasets.Dataset.from_dict({"text": ["x"], "label": [0]}, features=features),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "hf"))
     result = ingest(cat, tmp_path / "hf", name="intents", category="banking-intent")
     table = versions.resolve(cat, result.ref).read()
@@ -64,7 +92,13 @@ def test_hf_save_to_disk_folder_with_class_labels(cat, tmp_path):
 
 
 def test_sts_csv_maps_sentence_pairs_and_score(cat, shared_data):
-    result = ingest(cat, shared_data / "stsb" / "en-dev.csv", name="stsb-dev", category="general-sts", language="en")
+    result = ingest(
+        cat,
+        shared_data / "stsb" / "en-dev.csv",
+        name="stsb-dev",
+        category="general-sts",
+        language="en",
+    )
     table = versions.resolve(cat, result.ref).read()
     assert table.num_rows == 1500
     assert table.column("score").null_count == 0
@@ -72,21 +106,29 @@ def test_sts_csv_maps_sentence_pairs_and_score(cat, shared_data):
 
 
 def test_banking77_csv_with_crlf_and_quoted_newlines(cat, shared_data):
-    result = ingest(cat, shared_data / "banking77" / "train.csv", name="b77", category="banking-intent",
-                    language="en")
+    result = ingest(
+        cat,
+        shared_data / "banking77" / "train.csv",
+        name="b77",
+        category="banking-intent",
+        language="en",
+    )
     assert result.rows == 10003
     table = versions.resolve(cat, result.ref).read()
     assert len(set(table.column("label").to_pylist())) == 77
 
 
 def test_streams_in_batches(cat, tmp_path):
-    path = write_jsonl(tmp_path / "big.jsonl", [{"query": f"q{i}", "positive": f"p{i}"} for i in range(5000)])
+    path = write_jsonl(
+        tmp_path / "big.jsonl", [{"query": f"q{i}", "positive": f"p{i}"} for i in range(5000)]
+    )
     result = ingest(cat, path, name="big", category="faq-retrieval", batch_rows=700)
     info = versions.resolve(cat, result.ref)
     assert info.rows == 5000 and info.read().column("query").to_pylist()[4999] == "q4999"
 
 
 # --- bad input: a clear KalmixError and no partial version -------------------------------------
+
 
 def test_missing_file(cat, tmp_path):
     with pytest.raises(KalmixError, match="input not found"):
@@ -105,20 +147,26 @@ def test_missing_column_lists_columns_and_map(cat, tmp_path):
     path = write_jsonl(tmp_path / "f.jsonl", [{"q": "a", "a": "b"}])
     with pytest.raises(KalmixError) as err:
         ingest(cat, path, name="faq", category="faq-retrieval")
-    assert "its columns are: q, a" in str(err.value) and "--map query=q,positive=a" in str(err.value)
+    assert "its columns are: q, a" in str(err.value) and "--map query=q,positive=a" in str(
+        err.value
+    )
     assert_nothing_registered(cat)
     ingest(cat, path, name="faq", category="faq-retrieval", mapping="query=q,positive=a")
 
 
 def test_malformed_json_line_is_named_or_skipped(cat, tmp_path):
     path = tmp_path / "f.jsonl"
-    path.write_text('{"query": "a", "positive": "b"}\n{"query": "c", "positive": \n{"query": "e", "positive": "f"}\n')
+    path.write_text(
+        '{"query": "a", "positive": "b"}\n{"query": "c", "positive": \n{"query": "e", "positive": "f"}\n'
+    )
     with pytest.raises(KalmixError, match="line 2"):
         ingest(cat, path, name="faq", category="faq-retrieval")
     assert_nothing_registered(cat)
     result = ingest(cat, path, name="faq", category="faq-retrieval", skip_invalid=True)
     info = versions.resolve(cat, result.ref)
-    assert info.rows == 2 and info.stats["invalid_skipped"] == 1 and info.stats["invalid_lines"] == [2]
+    assert (
+        info.rows == 2 and info.stats["invalid_skipped"] == 1 and info.stats["invalid_lines"] == [2]
+    )
 
 
 def test_empty_input(cat, tmp_path):
@@ -138,11 +186,21 @@ def test_unknown_category_suggests(cat, tmp_path):
 def test_name_taken_with_different_schema(cat, tmp_path):
     ingest(cat, write_jsonl(tmp_path / "f.jsonl", ROWS), name="faq", category="faq-retrieval")
     with pytest.raises(KalmixError, match="already exists as retrieval"):
-        ingest(cat, write_jsonl(tmp_path / "c.jsonl", [{"text": "x", "label": "y"}]), name="faq",
-               category="banking-intent")
+        ingest(
+            cat,
+            write_jsonl(tmp_path / "c.jsonl", [{"text": "x", "label": "y"}]),
+            name="faq",
+            category="banking-intent",
+        )
     with pytest.raises(KalmixError, match="already exists with fields"):
-        ingest(cat, write_jsonl(tmp_path / "n.jsonl", [{"query": "x", "positive": "y", "negatives": ["z"]}]),
-               name="faq", category="faq-retrieval")
+        ingest(
+            cat,
+            write_jsonl(
+                tmp_path / "n.jsonl", [{"query": "x", "positive": "y", "negatives": ["z"]}]
+            ),
+            name="faq",
+            category="faq-retrieval",
+        )
     assert [v.version for v in versions.lineage(cat, "faq")] == [1]
 
 
@@ -151,7 +209,9 @@ def test_non_writable_workspace(cat, tmp_path):
     cat.workspace.data_dir.chmod(0o500)
     try:
         with pytest.raises(KalmixError, match="not writable"):
-            ingest(cat, write_jsonl(tmp_path / "f.jsonl", ROWS), name="faq", category="faq-retrieval")
+            ingest(
+                cat, write_jsonl(tmp_path / "f.jsonl", ROWS), name="faq", category="faq-retrieval"
+            )
     finally:
         cat.workspace.data_dir.chmod(0o700)
 

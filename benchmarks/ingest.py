@@ -1,0 +1,89 @@
+"""Ingest throughput: `kalmix ingest` on a 1M-row JSONL beside polars read_ndjson + write_parquet.
+
+The baseline does the minimum (parse, write); kalmix also maps columns, computes content ids,
+keeps unmapped columns in `meta`, streams in bounded batches, computes stats and commits
+atomically. Target: overhead at most 1.5x the baseline. Each side runs in its own process so
+peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import run_child, write_results  # noqa: E402
+from corpus.sample import python_docs_records  # noqa: E402
+
+ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+
+BASELINE = """
+import sys, polars as pl
+pl.read_ndjson(sys.argv[1]).write_parquet(sys.argv[2])
+"""
+
+KALMIX = """
+import sys
+from catalog.workspace import Workspace
+from kalmix.ingest import ingest
+cat = Workspace.init(sys.argv[2]).catalog()
+print(ingest(cat, sys.argv[1], name="bench", category="python-docs-qa").rows)
+"""
+
+
+def make_input(path: Path, rows: int) -> None:
+    rng = random.Random(0)
+    docs = python_docs_records()
+    with path.open("w") as f:
+        for i in range(rows):
+            d = docs[i % len(docs)]
+            f.write(
+                json.dumps(
+                    {
+                        "question": f"{d['question']} ({i})",
+                        "answer": d["answer"][: rng.randint(80, 600)],
+                        "module": d["module"],
+                        "lang": "en",
+                    }
+                )
+                + "\n"
+            )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "input.jsonl"
+        make_input(src, ROWS)
+        size_mb = src.stat().st_size / 2**20
+        base_s, base_mem, _ = run_child(BASELINE, str(src), str(Path(tmp) / "out.parquet"))
+        ours_s, ours_mem, out = run_child(KALMIX, str(src), str(Path(tmp) / "ws"))
+        assert int(out.strip()) == ROWS
+    ratio = ours_s / base_s
+    table = (
+        f"{ROWS:,} rows, {size_mb:.0f} MiB JSONL; each side in a fresh process (start-up included)\n\n"
+        "| | seconds | rows/s | peak RSS MiB |\n|---|---|---|---|\n"
+        f"| polars read_ndjson + write_parquet (baseline) | {base_s:.1f} | {ROWS / base_s:,.0f} | {base_mem:.0f} |\n"
+        f"| kalmix ingest | {ours_s:.1f} | {ROWS / ours_s:,.0f} | {ours_mem:.0f} |\n\n"
+        f"kalmix / baseline time: {ratio:.2f}x (target <= 1.5x)"
+    )
+    write_results(
+        "ingest",
+        {
+            "rows": ROWS,
+            "input_mib": size_mb,
+            "baseline_s": base_s,
+            "kalmix_s": ours_s,
+            "baseline_peak_mib": base_mem,
+            "kalmix_peak_mib": ours_mem,
+            "ratio": ratio,
+        },
+        table,
+    )
+
+
+if __name__ == "__main__":
+    main()

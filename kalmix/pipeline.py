@@ -13,12 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from catalog import versions
 from catalog.db import Catalog
 from catalog.versions import Commit, VersionInfo, VersionRef
 from corpus.errors import KalmixError
-from corpus.operator import DATASET_COLUMN, Operator, OpResult
+from corpus.executor import LocalExecutor, RayExecutor, decode_result, encode_result
+from corpus.operator import DATASET_COLUMN, Operator, OpResult, empty_removals
 from corpus.writer import write_table
 
 
@@ -49,6 +51,45 @@ def _count(removed: pa.Table) -> dict[str, int]:
     return counts
 
 
+EXECUTORS = ("inline", "local", "ray")
+
+
+def run_operator(
+    source: VersionInfo,
+    op: Operator,
+    executor: str = "inline",
+    workers: int = 0,
+    address: str | None = None,
+) -> OpResult:
+    """Apply `op` to a version: whole table in this process (`inline`, needed by operators that
+    look at all rows at once), or shard by shard on a process pool (`local`) or Ray Data
+    (`ray`) for row-local operators. The shard executors give the same rows and removals as
+    `inline` for row-local operators, in the same order."""
+    if executor == "inline":
+        return op(source.read())
+    if executor == "local":
+        parts = list(LocalExecutor(workers).map(_ShardTask(op), [str(f) for f in source.files]))
+    elif executor == "ray":
+        parts = list(RayExecutor(address=address).map_operator(op, [str(f) for f in source.files]))
+    else:
+        raise KalmixError(f"unknown executor {executor!r}; one of: {', '.join(EXECUTORS)}")
+    if not parts:
+        return OpResult(source.read(), empty_removals(), {"executor": executor, "shards": 0})
+    table = pa.concat_tables([k for k, _ in parts], promote_options="default")
+    removed = pa.concat_tables([r for _, r in parts])
+    return OpResult(table, removed, {"executor": executor, "shards": len(parts)})
+
+
+@dataclass
+class _ShardTask:
+    """Picklable: read one shard in a worker process and run the operator on it."""
+
+    op: Operator
+
+    def __call__(self, path: str) -> tuple[pa.Table, pa.Table]:
+        return decode_result(encode_result(self.op(pq.read_table(path))))
+
+
 def apply(
     cat: Catalog,
     source: VersionInfo,
@@ -57,19 +98,22 @@ def apply(
     operation: str,
     params: dict[str, Any],
     always_commit: bool = True,
+    executor: str = "inline",
+    workers: int = 0,
+    address: str | None = None,
 ) -> StepReport:
-    """Run `op` over the whole version and register its output as the next version."""
+    """Run `op` over a version and register its output as the next version."""
     start = time.perf_counter()
-    table = source.read()
-    if table.num_rows == 0:
+    if source.rows == 0:
         raise KalmixError(f"{source.ref} is empty: nothing to {operation}")
-    result = op(table)
+    result = run_operator(source, op, executor, workers, address)
+    table = result.table
     report = StepReport(
         operation,
         [str(source.ref)],
         [],
+        source.rows,
         table.num_rows,
-        result.table.num_rows,
         _count(result.removed),
         stats=result.stats,
     )

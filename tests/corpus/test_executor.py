@@ -1,0 +1,71 @@
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from catalog import versions
+from catalog.versions import Commit, DatasetInfo
+from corpus.operator import OpResult, split_by_mask
+from corpus.schema import attach_ids
+from corpus.writer import write_table
+from kalmix.pipeline import apply, run_operator
+
+
+def drop_sevens(table: pa.Table) -> OpResult:
+    """A row-local operator: removes rows whose query mentions a 7."""
+    keep = pc.invert(pc.match_substring(table.column("query"), "7")).to_pylist()
+    reasons = [None if k else "has-seven" for k in keep]
+    details = [
+        None if k else {"query": q}
+        for k, q in zip(keep, table.column("query").to_pylist(), strict=True)
+    ]
+    kept, removed = split_by_mask(table, keep, reasons, details)
+    return OpResult(kept, removed, {})
+
+
+@pytest.fixture
+def sharded(cat):
+    n = 1000
+    table = attach_ids(
+        pa.table(
+            {
+                "task_type": ["retrieval"] * n,
+                "category": ["faq-retrieval"] * n,
+                "instruction": [None] * n,
+                "query": [f"question {i}" for i in range(n)],
+                "positive": [f"answer {i}" for i in range(n)],
+                "negatives": [[] for _ in range(n)],
+                "score": [None] * n,
+                "label": [None] * n,
+                "language": ["en"] * n,
+                "source": ["t"] * n,
+                "meta": ["{}"] * n,
+            }
+        )
+    )
+    staged = versions.stage(cat, "faq")
+    write_table(staged.path, table, rows_per_shard=300)
+    versions.commit(
+        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
+    )
+    return versions.resolve(cat, "faq")
+
+
+def test_local_pool_matches_inline(cat, sharded):
+    assert len(sharded.files) == 4
+    inline = run_operator(sharded, drop_sevens, "inline")
+    pooled = run_operator(sharded, drop_sevens, "local", workers=2)
+    assert pooled.table.column("id").to_pylist() == inline.table.column("id").to_pylist()
+    assert pooled.removed.to_pylist() == inline.removed.to_pylist()
+    report = apply(
+        cat, sharded, drop_sevens, operation="filter", params={}, executor="local", workers=2
+    )
+    assert report.rows_in == 1000 and report.rows_out == inline.table.num_rows
+    assert report.removed_by_reason == {"has-seven": 1000 - inline.table.num_rows}
+
+
+def test_ray_matches_inline(cat, sharded):
+    pytest.importorskip("ray")
+    inline = run_operator(sharded, drop_sevens, "inline")
+    on_ray = run_operator(sharded, drop_sevens, "ray")
+    assert on_ray.table.column("id").to_pylist() == inline.table.column("id").to_pylist()
+    assert on_ray.removed.to_pylist() == inline.removed.to_pylist()

@@ -10,6 +10,7 @@ import click
 import typer
 
 from catalog.cli import app as catalog_app
+from catalog.cli_mix import app as mix_app
 from catalog.workspace import Workspace
 from corpus.console import console, err_console
 from corpus.errors import KalmixError
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(mix_app, name="mix")
 
 
 @app.callback()

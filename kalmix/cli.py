@@ -6,14 +6,20 @@ import os
 import sys
 from pathlib import Path
 
-import click
 import typer
+from rich.markup import escape
+from typer._click import exceptions as click_errors  # Typer >= 0.25 vendors click
 
 from catalog.cli import app as catalog_app
 from catalog.cli_mix import app as mix_app
 from catalog.workspace import Workspace
 from corpus.console import console, err_console
 from corpus.errors import KalmixError
+from dashboard.cli import dashboard as dashboard_command
+from kalmix.commands.embed import mount as mount_embedding_commands
+from kalmix.commands.synth import app as synth_app
+from trainer.cli import train as train_command
+from trainer.cli_eval import app as eval_app
 
 app = typer.Typer(
     name="kalmix",
@@ -22,7 +28,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(synth_app, name="synth")
 app.add_typer(mix_app, name="mix")
+app.add_typer(eval_app, name="eval")
+app.command("dashboard")(dashboard_command)
+app.command("train")(train_command)
+mount_embedding_commands(app)  # filter consistency, mine, semdedup
+from kalmix.commands import clean  # noqa: E402
+
+clean.register(app)  # dedup, langid, decontaminate
 
 
 @app.callback()
@@ -116,14 +130,14 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except KalmixError as err:
-        err_console.print(f"[red]error:[/] {err}")
+        err_console.print(f"[red]error:[/] {escape(str(err))}")
         sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except click_errors.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
 

@@ -1,0 +1,228 @@
+"""Hard-negative mining: retrieve with an embedding model, guard against false negatives, sample.
+
+For each (query, positive) pair the candidate pool (every positive and negative of the data, plus
+an optional larger corpus) is ranked for the query, leaving out the row's own positive and the
+query's own text. From the rank window `start:end` (a zero-based slice of that ranking:
+10:100 skips the 10 best candidates, which are the likeliest unlabelled positives), candidates are
+dropped when they are
+
+- near-duplicates of the positive (cosine to the positive >= `near_dup`),
+- scored too close to the positive: above `positive_score - margin` (absolute guard), and/or
+  above `relative * positive_score` (relative guard, NV-Retriever's "TopK-PercPos"),
+
+and `negatives` of the rest are sampled without replacement with a generator seeded by (seed,
+row id), so a row gets the same negatives whatever else is in the table. They replace the row's
+`negatives` (the previous version keeps the old ones). Rows with fewer survivors than asked keep
+what there is; the stats count them.
+
+`meta` (JSON) gains `mining`: {model, positive_score, scores, ranks} for the mined negatives, and,
+with a teacher model, `teacher_scores`: the teacher's cosine of the query with [positive] +
+negatives, in that order, and `teacher`: its name. Contrastive distillation reads those scores
+(KaLM-Embedding-V2.5: a KL term pulls the student's scores towards the teacher's).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from corpus.errors import KalmixError
+from corpus.operator import OpResult, empty_removals
+from filters.consistency import PairEmbeddings, embed_pairs, require_pair_tasks
+from filters.embedder import Embedder
+from filters.topk import topk
+
+ROW_BLOCK = 512  # rows whose window vectors are gathered at once for the near-dup test
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    negatives: int = 7
+    start: int = 10
+    end: int = 100
+    margin: float | None = 0.1
+    relative: float | None = None
+    near_dup: float = 0.95
+    seed: int = 0
+    instructions: bool = False
+    backend: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.negatives < 1:
+            raise KalmixError(f"--negatives must be at least 1, got {self.negatives}")
+        if not 0 <= self.start < self.end:
+            raise KalmixError(
+                f"--range {self.start}:{self.end} must be START:END with 0 <= START < END"
+            )
+        if self.end - self.start < self.negatives:
+            raise KalmixError(
+                f"--range {self.start}:{self.end} holds {self.end - self.start} candidates, fewer "
+                f"than --negatives {self.negatives}; widen the range"
+            )
+        if self.margin is not None and self.margin < 0:
+            raise KalmixError(f"--margin must be >= 0, got {self.margin}")
+        if self.relative is not None and not 0 < self.relative <= 1:
+            raise KalmixError(f"--relative must be in (0, 1], got {self.relative}")
+        if not 0 < self.near_dup <= 1:
+            raise KalmixError(f"--near-dup must be in (0, 1], got {self.near_dup}")
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """`10:100` -> (10, 100)."""
+    try:
+        start, end = (int(p) for p in text.split(":"))
+    except ValueError:
+        raise KalmixError(f"--range {text!r} is not START:END, e.g. 10:100") from None
+    return start, end
+
+
+def _row_seed(row_id: str) -> int:
+    try:
+        return int(row_id[:16], 16)
+    except ValueError:
+        return int.from_bytes(row_id.encode()[:8].ljust(8, b"\0"), "little")
+
+
+@dataclass
+class HardNegativeMiner:
+    """Operator: write mined hard negatives into `negatives`, scores into `meta`."""
+
+    embedder: Embedder
+    config: MiningConfig = field(default_factory=MiningConfig)
+    pool: Sequence[str] = ()
+    teacher: Embedder | None = None
+    show_progress: bool = False
+
+    def __call__(self, table: pa.Table) -> OpResult:
+        cfg = self.config
+        require_pair_tasks(table, "hard-negative mining")
+        pairs = embed_pairs(table, self.embedder, self.pool, cfg.instructions)
+        pos_scores = pairs.positive_scores
+        hits = topk(
+            pairs.query_vectors,
+            pairs.pool_vectors,
+            cfg.end,
+            exclude=pairs.exclude,
+            backend=cfg.backend,
+        )
+        win_s = hits.scores[:, cfg.start : cfg.end]
+        win_i = hits.indices[:, cfg.start : cfg.end]
+        usable = (win_i >= 0) & pairs.valid[:, None]
+        near = self._near_duplicates(pairs, win_i) & usable
+        guard = np.zeros_like(usable)
+        if cfg.margin is not None:
+            guard |= win_s > (pos_scores[:, None] - cfg.margin)
+        if cfg.relative is not None:
+            guard |= win_s > (pos_scores[:, None] * cfg.relative)
+        guard &= usable & ~near
+        usable &= ~near & ~guard
+
+        ids = table.column("id").to_pylist()
+        chosen: list[np.ndarray] = []
+        for row in range(table.num_rows):
+            cols = np.flatnonzero(usable[row])
+            if len(cols) > cfg.negatives:
+                rng = np.random.default_rng([cfg.seed, _row_seed(ids[row])])
+                cols = np.sort(rng.choice(cols, cfg.negatives, replace=False))
+            chosen.append(cols)
+
+        teacher_scores = self._teacher_scores(table, pairs, win_i, chosen)
+        negatives, metas = [], []
+        for row, (cols, meta) in enumerate(
+            zip(chosen, table.column("meta").to_pylist(), strict=True)
+        ):
+            negatives.append([pairs.pool[i] for i in win_i[row, cols]])
+            info = _meta(meta)
+            if pairs.valid[row]:
+                info["mining"] = {
+                    "model": self.embedder.name,
+                    "positive_score": round(float(pos_scores[row]), 4),
+                    "scores": [round(float(s), 4) for s in win_s[row, cols]],
+                    "ranks": [int(cfg.start + c + 1) for c in cols],
+                }
+                if teacher_scores is not None:
+                    info["teacher_scores"] = teacher_scores[row]
+                    info["teacher"] = self.teacher.name
+            metas.append(json.dumps(info, ensure_ascii=False))
+        counts = np.array([len(c) for c in chosen])
+        out = table.set_column(
+            table.schema.get_field_index("negatives"),
+            "negatives",
+            pa.array(negatives, pa.list_(pa.string())),
+        )
+        out = out.set_column(
+            out.schema.get_field_index("meta"), "meta", pa.array(metas, pa.string())
+        )
+        window = int(usable.shape[1]) * int(pairs.valid.sum())
+        stats = {
+            "model": self.embedder.name,
+            "pool": len(pairs.pool),
+            "negatives": cfg.negatives,
+            "range": f"{cfg.start}:{cfg.end}",
+            "margin": cfg.margin,
+            "relative": cfg.relative,
+            "seed": cfg.seed,
+            "mined": int(counts.sum()),
+            "rows_short": int(((counts < cfg.negatives) & pairs.valid).sum()),
+            "rows_without": int(((counts == 0) & pairs.valid).sum()),
+            "rows_skipped": int((~pairs.valid).sum()),
+            "dropped_near_duplicate": int(near.sum()),
+            "dropped_by_guard": int(guard.sum()),
+            "window_candidates": window,
+        }
+        if self.teacher is not None:
+            stats["teacher"] = self.teacher.name
+        return OpResult(out, empty_removals(), stats)
+
+    def _near_duplicates(self, pairs: PairEmbeddings, win_i: np.ndarray) -> np.ndarray:
+        """Window candidates whose cosine to the row's positive reaches `near_dup`."""
+        out = np.zeros(win_i.shape, bool)
+        pos = pairs.pool_vectors[np.maximum(pairs.positive, 0)]
+        for s in range(0, len(win_i), ROW_BLOCK):
+            idx = win_i[s : s + ROW_BLOCK]
+            cand = pairs.pool_vectors[np.maximum(idx, 0)]
+            out[s : s + ROW_BLOCK] = (
+                np.einsum("rwd,rd->rw", cand, pos[s : s + ROW_BLOCK]) >= self.config.near_dup
+            )
+        return out
+
+    def _teacher_scores(
+        self, table: pa.Table, pairs: PairEmbeddings, win_i: np.ndarray, chosen: list[np.ndarray]
+    ) -> list[list[float]] | None:
+        """Teacher cosine of each query with [positive] + its mined negatives."""
+        if self.teacher is None:
+            return None
+        cand = [
+            np.concatenate([[pairs.positive[r]], win_i[r, cols]]).astype(np.int64)
+            for r, cols in enumerate(chosen)
+        ]
+        needed = np.unique(np.concatenate(cand)) if cand else np.zeros(0, np.int64)
+        needed = needed[needed >= 0]
+        vecs = self.teacher.encode([pairs.pool[i] for i in needed])
+        where = {int(p): i for i, p in enumerate(needed)}
+        rows = np.flatnonzero(pairs.valid)
+        instr = table.column("instruction").to_pylist() if self.config.instructions else None
+        queries = table.column("query").to_pylist()
+        q = self.teacher.encode_queries(
+            [queries[i].strip() for i in rows], [instr[i] for i in rows] if instr else None
+        )
+        out: list[list[float]] = [[] for _ in range(table.num_rows)]
+        for qv, r in zip(q, rows, strict=True):
+            c = vecs[[where[int(i)] for i in cand[r]]]
+            out[r] = [round(float(s), 4) for s in c @ qv]
+        return out
+
+
+def _meta(text: str | None) -> dict:
+    """A record's meta as a dict (non-object JSON is kept under `meta`)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {"meta": text}
+    return value if isinstance(value, dict) else {"meta": value}

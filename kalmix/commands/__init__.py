@@ -1,0 +1,1 @@
+"""Sub-apps of the `kalmix` console script that join several packages."""

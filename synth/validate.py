@@ -1,0 +1,139 @@
+"""JSON extraction and per-task-type validation of LLM output.
+
+Small models wrap JSON in prose, break off at the token limit, leave trailing commas, put
+literal newlines in strings, repeat a key, or copy the one-shot example. Extraction takes the
+first JSON object in the text (tolerating control characters and trailing commas); validation
+checks the template's fields (present, text, within length bounds), that paired texts differ,
+and that nothing is the one-shot example copied back. Every failure has a short reason that
+ends up in the run's stats and in the version's removals: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from synth.prompts import TaskTemplate
+
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_VALUE_END = re.compile(r'"\s*,')  # the end of a string value followed by another key
+_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Keep the first value of a repeated key: a small model that starts a second example inside
+    the object repeats its keys, and the first example is the complete one."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+_DECODER = json.JSONDecoder(strict=False, object_pairs_hook=_first_wins)
+
+
+def _decode(candidate: str) -> Any:
+    try:
+        return _DECODER.raw_decode(candidate)[0]
+    except json.JSONDecodeError:
+        return None
+
+
+def extract_json(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(object, None) for the first JSON object in `text`, else (None, reason).
+
+    An object cut off by the token limit (or never closed because the model went on adding
+    keys) is closed after its last complete string value; validation then decides whether the
+    fields it holds are enough. Nothing is invented: every value is text the model wrote.
+    """
+    start = text.find("{")
+    if start < 0:
+        return None, "no_json"
+    body = text[start:]
+    obj = _decode(body)
+    if obj is None:
+        obj = _decode(_TRAILING_COMMA.sub(r"\1", body))
+    if obj is None:
+        for cut in reversed([m.start() for m in _VALUE_END.finditer(body)][-20:]):
+            obj = _decode(body[: cut + 1] + "}")
+            if obj is not None:
+                break
+    if obj is None:
+        return None, "truncated" if "}" not in body else "invalid_json"
+    if not isinstance(obj, dict):
+        return None, "not_object"
+    return obj, None
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation and spacing removed: for equality checks and dedup keys."""
+    return _NOT_WORD.sub(" ", text.lower()).strip()
+
+
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def validate_example(obj: dict[str, Any], template: TaskTemplate) -> tuple[dict | None, str | None]:
+    """The example's texts by JSON key, or the reason it is unusable.
+
+    A list of strings is accepted where the record field is `negatives` (models sometimes give
+    several hard negatives); other fields must be text (numbers are turned into text).
+    """
+    values: dict[str, Any] = {}
+    for f in template.fields:
+        if f.key not in obj:
+            return None, "missing_field"
+        raw = obj[f.key]
+        if f.record == "negatives" and isinstance(raw, list):
+            texts = [_as_text(v) for v in raw]
+            if not texts or any(t is None for t in texts):
+                return None, "not_text"
+            value: Any = [t for t in texts if t]
+            check = value
+        else:
+            text = _as_text(raw)
+            if text is None:
+                return None, "not_text"
+            value, check = text, [text]
+        if not check or any(len(t) < f.min_chars for t in check):
+            return None, "too_short"
+        if any(len(t) > f.max_chars for t in check):
+            return None, "too_long"
+        values[f.key] = value
+    shot = {normalise(v) for v in template.shot_values}
+    for f in template.fields:
+        if f.record in ("label", "meta"):
+            continue  # class names ("positive", "sports") may repeat the example's on purpose
+        value = values[f.key]
+        for text in value if isinstance(value, list) else [value]:
+            if normalise(text) in shot:
+                return None, "copied_example"
+    for a, b in template.distinct:
+        left = values[a] if isinstance(values[a], list) else [values[a]]
+        right = values[b] if isinstance(values[b], list) else [values[b]]
+        if {normalise(t) for t in left} & {normalise(t) for t in right}:
+            return None, "same_text"
+    return values, None
+
+
+def to_record_fields(values: dict[str, Any], template: TaskTemplate) -> tuple[dict, dict]:
+    """(record fields, extra meta) from validated values: `meta` fields go to the record's meta."""
+    record: dict[str, Any] = {"negatives": []}
+    extra: dict[str, Any] = {}
+    for f in template.fields:
+        value = values[f.key]
+        if f.record == "negatives":
+            record["negatives"] = record["negatives"] + (
+                value if isinstance(value, list) else [value]
+            )
+        elif f.record == "meta":
+            extra[f.key] = value
+        else:
+            record[f.record] = value
+    return record, extra

@@ -1,0 +1,149 @@
+import csv
+import json
+import random
+
+import pyarrow as pa
+import pytest
+
+from catalog import versions
+from corpus.errors import KalmixError
+from corpus.sample import python_docs_records
+from corpus.schema import attach_ids
+from filters.dedup import Dedup, DedupConfig
+from filters.exact import exact_dedup
+from kalmix.ingest import ingest
+from tests.conftest import write_jsonl
+
+
+def records(queries: list[str], positives: list[str | None] | None = None, source="web"):
+    n = len(queries)
+    return attach_ids(
+        pa.table(
+            {
+                "task_type": ["retrieval"] * n,
+                "category": ["faq-retrieval"] * n,
+                "instruction": [None] * n,
+                "query": queries,
+                "positive": positives or [None] * n,
+                "negatives": [[] for _ in range(n)],
+                "score": [None] * n,
+                "label": [None] * n,
+                "language": ["en"] * n,
+                "source": [source] * n,
+                "meta": ["{}"] * n,
+            }
+        )
+    )
+
+
+def edit_words(text: str, rng: random.Random, k: int) -> str:
+    words = text.split()
+    for _ in range(k):
+        words[rng.randrange(len(words))] = rng.choice(["alpha", "beta", "gamma", "delta"])
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[str]:
+    """~150-word documents of real stdlib docstrings, minus the stdlib's own near-copies
+    (bisect vs bisect_right, ...) found by exact 5-gram Jaccard: every duplicate is planted."""
+    texts, words = [], []
+    for record in python_docs_records():
+        words += record["answer"].split()
+        if len(words) >= 150:
+            texts.append(" ".join(words))
+            words = []
+    grams = [set(zip(*(t.lower().split()[i:] for i in range(5)))) for t in texts]
+    return [
+        t
+        for i, t in enumerate(texts)
+        if all(len(grams[i] & g) / len(grams[i] | g) < 0.5 for j, g in enumerate(grams) if j < i)
+    ]
+
+
+def test_planted_exact_and_near_duplicates_removed_and_nothing_else(docs):
+    rng = random.Random(0)
+    near = [edit_words(d, rng, 1) for d in docs[:40]]  # ~1-2% of words edited
+    exact = [d.upper().replace(" ", "  ") for d in docs[40:60]]  # case and spacing only
+    table = records(docs + near + exact)
+    result = Dedup(DedupConfig(prefer="first", workers=1))(table)  # the original is the keeper
+    removed = result.removed.to_pylist()
+    ids = table.column("id").to_pylist()
+    planted = set(ids[len(docs) :])
+    assert {r["id"] for r in removed} == planted
+    assert result.table.num_rows == len(docs)
+    by_id = {r["id"]: json.loads(r["detail"]) for r in removed}
+    for i, copy_id in enumerate(ids[len(docs) :]):
+        assert by_id[copy_id]["dup_of"] == ids[i] and by_id[copy_id]["jaccard"] >= 0.8
+    assert result.stats["exact_duplicates"] == 20 and result.stats["near_duplicates"] == 40
+    assert {r["reason"] for r in removed} == {"exact_duplicate", "near_duplicate"}
+
+
+def test_cjk_records_shingled_by_characters(shared_data):
+    rows = list(csv.DictReader(open(shared_data / "pairs_zh/LCQMC-test.csv", encoding="utf-8")))
+    long_zh = ["".join(r["sentence1"] for r in rows[i : i + 12]) for i in range(0, 600, 12)]
+    edited = [t[:20] + "的" + t[21:] for t in long_zh[:10]]  # one character changed
+    result = Dedup(DedupConfig(workers=1))(records(long_zh + edited))
+    assert result.removed.num_rows == 10 and result.stats["near_duplicates"] == 10
+
+
+def test_keeper_is_longest_or_by_priority_and_chains_are_not_trusted():
+    words = [f"w{i}" for i in range(200)]
+    a, b, c = (" ".join(words[k : k + 100]) for k in (0, 10, 20))  # J(a,b)=J(b,c)=.82, J(a,c)=.67
+    config = DedupConfig(ngram=1, threshold=0.75, workers=1)
+    result = Dedup(config)(records([a, b, c]))
+    kept = result.table.column("query").to_pylist()
+    assert kept == [a, c]  # b duplicates a; c is only near b, so it stays
+    longer = Dedup(config)(records([a, a + " extra words here"]))
+    assert longer.table.column("query").to_pylist() == [a + " extra words here"]
+    same = pa.concat_tables([records([a], source="web"), records([a], source="curated")])
+    curated = exact_dedup(same, rule=DedupConfig(priority=("curated",)).rule)
+    assert curated.table.column("source").to_pylist() == ["curated"]
+    table = pa.concat_tables([records([a], source="web"), records([a + " x"], source="curated")])
+    priority = Dedup(DedupConfig(ngram=1, priority=("web",), workers=1))(table)
+    assert priority.table.column("source").to_pylist() == ["web"]
+
+
+def test_bad_input_and_tiny_tables():
+    with pytest.raises(KalmixError, match="threshold"):
+        DedupConfig(threshold=0.0)
+    with pytest.raises(KalmixError, match="threshold"):
+        DedupConfig(threshold=1.5)
+    with pytest.raises(KalmixError, match="does not exist"):
+        Dedup(DedupConfig(fields=("body",)))(records(["x"]))
+    with pytest.raises(KalmixError, match="not text"):
+        Dedup(DedupConfig(fields=("score",)))(records(["x"]))
+    one = Dedup()(records(["just one row"]))
+    assert one.table.num_rows == 1 and one.removed.num_rows == 0
+    empty_text = Dedup()(records(["", "", None]))
+    assert empty_text.table.num_rows == 3 and empty_text.stats["without_text"] == 3
+
+
+def test_cli_dedup_within_and_across_datasets(cli, cat, tmp_path, docs):
+    rng = random.Random(1)
+    first = [{"question": d, "answer": "a"} for d in docs[:30]]
+    first += [{"question": edit_words(d, rng, 1), "answer": "a"} for d in docs[:5]]
+    second = [{"question": d, "answer": "a"} for d in docs[25:60]]  # 5 shared with `first`
+    ingest(cat, write_jsonl(tmp_path / "a.jsonl", first), name="a", category="faq-retrieval")
+    ingest(cat, write_jsonl(tmp_path / "b.jsonl", second), name="b", category="faq-retrieval")
+
+    result = cli("dedup", "a", "--threshold", "0.8")
+    assert result.exit_code == 0, result.output
+    assert "a@v1 -> a@v2: rows 35 -> 30; removed: near_duplicate 5" in result.output
+
+    result = cli("dedup", "--across", "name IN ('a', 'b')")
+    assert result.exit_code == 0, result.output
+    assert "removed: exact_duplicate 5" in result.output
+    lost = [v for v in ("a", "b") if versions.resolve(cat, v).operation == "dedup"]
+    b = versions.resolve(cat, "b")
+    assert lost == ["a", "b"] and b.rows == 30 and b.params["across"] == ["a@v2", "b@v1"]
+    detail = cat.query(
+        "SELECT detail FROM removals WHERE dataset = 'b' AND version = ?", [b.version]
+    ).to_pylist()
+    assert {json.loads(d["detail"])["dup_of_dataset"] for d in detail} == {"a"}
+
+    assert cli("dedup", "a", "--threshold", "2").exception.args[0].startswith("--threshold")
+    assert "does not exist" in str(cli("dedup", "a", "--fields", "nope").exception)
+    assert "not both" in str(cli("dedup", "a", "--across", "true").exception)
+    result = cli("dedup", "a")  # nothing left to remove: no new version
+    assert "no new version" in result.output and versions.resolve(cat, "a").version == 2

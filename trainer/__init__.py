@@ -1,0 +1,1 @@
+"""Contrastive training over a mixture version, mteb evaluation, model soup and export."""

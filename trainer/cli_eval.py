@@ -1,0 +1,201 @@
+"""`kalmix eval ...`: evaluate a run or model folder with mteb, import reference scores, compare.
+
+`kalmix eval RUN_OR_MODEL_PATH [OPTIONS]` is the main form; click groups cannot take a
+positional argument next to subcommands, so `EvalGroup` routes any first word that is not a
+subcommand to the `run` subcommand (`kalmix eval X` == `kalmix eval run X`).
+Heavy imports (mteb, torch) happen inside the commands, so `kalmix --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from catalog.workspace import Workspace
+from corpus.console import console, print_json, print_table
+
+HELP = """Evaluate with mteb; scores go to the catalog.
+
+\b
+  kalmix eval RUN_OR_MODEL_PATH [--suite local|official|all] [--tasks A,B] [--limit N]
+  kalmix eval list-tasks
+  kalmix eval import-reference FILE.csv
+  kalmix eval compare [--runs a,b]
+
+The local suite runs from the files in the evaluation-data folder ($KALMIX_EVAL_DATA, else ../shared/data); official tasks run from the local Hugging Face cache, never downloaded.
+"""
+
+
+class EvalGroup(TyperGroup):
+    """A group whose first argument may be a run or model path instead of a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=EvalGroup, help=HELP, no_args_is_help=True)
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
+
+
+@app.command("run")
+def run(
+    target: str = typer.Argument(
+        ..., metavar="RUN_OR_MODEL_PATH", help="A run name, or a sentence-transformers folder."
+    ),
+    suite: str = typer.Option(
+        None,
+        "--suite",
+        help="local (files, default), official (mteb tasks with published scores, from the "
+        "Hugging Face cache) or all.",
+    ),
+    tasks: str = typer.Option(
+        None, "--tasks", help="Comma-separated task names (local first, then any mteb task)."
+    ),
+    subsets: str = typer.Option(
+        None, "--subsets", help="Language subsets of multilingual tasks, e.g. en,zh."
+    ),
+    limit: int = typer.Option(
+        None,
+        "--limit",
+        help="Quick check: a seeded sample of N rows per split of local tasks; stored under "
+        "split '<split>-sampleN' and left out of comparisons.",
+    ),
+    name: str = typer.Option(
+        None, "--name", help="Name for a model folder's scores (default: the folder's name)."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", help="Encoding batch size."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: best available)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the score rows as JSON."),
+) -> None:
+    """Evaluate a run (its exported model) or a model folder; record the scores.
+
+    Each text is embedded once per model (cached in the workspace). mteb's result JSON is kept under runs/<run>/eval/ (runs/_models/<name>/eval/ for a folder).
+
+    Example: kalmix eval my-run --tasks STSBenchmark,Banking77Classification
+    """
+    from trainer.evaluation.run import EvalConfig, evaluate
+
+    cat = Workspace.resolve().catalog()
+    config = EvalConfig(
+        suite=suite,
+        tasks=_split(tasks),
+        subsets=_split(subsets) or None,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+    )
+    report = evaluate(cat, target, config, name=name)
+    if as_json:
+        print_json([r.__dict__ for r in report.rows])
+        return
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    import pyarrow as pa
+
+    table = pa.table(
+        {
+            "task": [r.task for r in report.rows],
+            "type": [r.task_type for r in report.rows],
+            "split": [r.split for r in report.rows],
+            "subset": [r.subset for r in report.rows],
+            "main_score": [round(r.main_score, 4) for r in report.rows],
+        }
+    )
+    print_table(table, title=f"{report.target.model}: main scores")
+    console.print(report.line())
+
+
+@app.command("list-tasks")
+def list_tasks(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the local and official suites, and whether each task's data is here.
+
+    Local tasks need their files in the evaluation-data folder; official ones their dataset in
+    the Hugging Face cache. Any other mteb task name also works with --tasks when cached.
+
+    Example: kalmix eval list-tasks
+    """
+    import pyarrow as pa
+
+    from trainer.evaluation.suite import task_listing
+    from trainer.evaluation.tasks import eval_data_dir
+
+    ws = _workspace_or_none()
+    data_dir = eval_data_dir(ws.settings if ws else None, ws.root if ws else None)
+    rows = task_listing(data_dir)
+    if as_json:
+        print_json(rows)
+        return
+    print_table(pa.Table.from_pylist(rows), title=f"evaluation tasks (data: {data_dir})", width=48)
+
+
+def _workspace_or_none() -> Workspace | None:
+    from corpus.errors import KalmixError
+
+    try:
+        return Workspace.resolve()
+    except KalmixError:
+        return None
+
+
+@app.command("import-reference")
+def import_reference(
+    file: Path = typer.Argument(
+        ..., help="CSV with model, task, split, subset, main_score (e.g. reference_scores.csv)."
+    ),
+) -> None:
+    """Load published scores of known models as reference rows (re-import replaces them).
+
+    Example: kalmix eval import-reference ../shared/data/reference_scores.csv
+    """
+    from catalog.scores import import_reference as load
+    from trainer.evaluation.suite import task_type_of
+
+    result = load(Workspace.resolve().catalog(), file, task_type_of)
+    console.print(result.line())
+
+
+@app.command("compare")
+def compare(
+    runs: str = typer.Option(
+        None, "--runs", help="Comma-separated runs or model names (default: all evaluated)."
+    ),
+    tasks: str = typer.Option(None, "--tasks", help="Comma-separated task columns."),
+    reference: bool = typer.Option(
+        True, "--reference/--no-reference", help="Include published reference models."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Table of runs, models and reference models x tasks, with means per task type.
+
+    Each cell is a task's main score from the latest evaluation (mean over language subsets);
+    a mean is empty when the model lacks one of the tasks it averages.
+
+    Example: kalmix eval compare --runs base,mix-a --tasks STSBenchmark,LCQMC
+    """
+    from catalog.scores import compare_table
+
+    table = compare_table(
+        Workspace.resolve().catalog(),
+        runs=_split(runs) or None,
+        include_reference=reference,
+        tasks=_split(tasks) or None,
+    )
+    if as_json:
+        print_json(table)
+        return
+    if table.num_rows == 0:
+        console.print(
+            "no scores yet: evaluate with kalmix eval RUN, or kalmix eval import-reference"
+        )
+        return
+    print_table(table, title="main scores (latest evaluation per model and task)", width=40)

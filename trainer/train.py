@@ -1,0 +1,634 @@
+"""The training loop: GradCache contrastive steps, data parallel over processes, checkpoints.
+
+One script for one CPU, one GPU or many (`torchrun`): every process builds the same global
+batch (`trainer/data.py`) and encodes its slice of queries and their candidates.
+
+A step (GradCache, Gao et al. 2021), so the contrastive batch never shrinks to fit memory:
+1. embed every text of the local batch without gradients, `chunk_size` texts at a time
+   (texts sorted by length first, so chunks carry little padding);
+2. gather the candidate embeddings of all processes (an all-gather whose backward all-reduces
+   the gradient, so each process gets the gradient of every process's loss with respect to its
+   own embeddings), compute the loss of the local queries and backpropagate it to the cached
+   embeddings only;
+3. embed each chunk again with gradients and backpropagate the cached embedding gradient through
+   the model. The RNG state of each chunk is replayed so dropout matches pass 1.
+When the local texts fit in one chunk, pass 1 is skipped and the loss backpropagates directly.
+
+Gradients are then summed over processes (bucketed all-reduce) and divided by their number:
+that is what `DistributedDataParallel` does, done once after the last chunk instead of through
+DDP's hooks, which would fire on every chunk's backward and need `find_unused_parameters` for
+encoders with an unused pooler. With equal local batches the result equals the gradient of the
+single-process loss over the same global batch (tested with 2 gloo processes).
+
+Precision: float32 weights; bf16 autocast on GPU, float32 on CPU. Optional gradient
+checkpointing and `torch.compile`. A CUDA out-of-memory error becomes a message naming the
+settings to lower. The run's row in the catalog follows its life (running, completed, failed,
+interrupted); metrics go to `<ws>/runs/<name>/metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from catalog import runs
+from catalog.workspace import Workspace
+from corpus.console import console, progress
+from corpus.errors import KalmixError
+from trainer import checkpoint as ckpt
+from trainer.config import TrainConfig
+from trainer.data import BatchSampler, Example, load_mixture, mixture_prompts
+from trainer.loss import LossOutput, info_nce
+from trainer.model import (
+    Embedder,
+    default_base,
+    export_sentence_transformers,
+    load_embedder,
+    pad,
+    resolve_base,
+    tokenize,
+)
+
+METRICS_FILE = "metrics.jsonl"
+OnStep = Callable[[int, dict[str, Any]], None]
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed() -> tuple[Dist, bool]:
+    """This process's place from torchrun's environment; (Dist, whether we initialised it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    started = False
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        started = True
+    rank = dist.get_rank() if world > 1 else 0
+    return Dist(rank, world, device), started
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0; backward sums the gradient over processes and keeps our slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather(x: torch.Tensor, d: Dist, *, with_grad: bool = False) -> torch.Tensor:
+    if d.world == 1:
+        return x
+    if with_grad:
+        return _GatherWithGrad.apply(x)
+    parts = [torch.empty_like(x) for _ in range(d.world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], world: int, bucket: int = 1 << 25) -> None:
+    """Average gradients over processes, in flat buckets of about `bucket` elements."""
+    grads = [p.grad for p in params if p.grad is not None]
+    start = 0
+    while start < len(grads):
+        end, size = start, 0
+        while end < len(grads) and (size == 0 or size + grads[end].numel() <= bucket):
+            size += grads[end].numel()
+            end += 1
+        group = grads[start:end]
+        flat = torch._utils._flatten_dense_tensors(group)
+        dist.all_reduce(flat)
+        flat /= world
+        for g, synced in zip(
+            group, torch._utils._unflatten_dense_tensors(flat, group), strict=True
+        ):
+            g.copy_(synced)
+        start = end
+
+
+RngState = tuple[torch.Tensor, list[torch.Tensor] | None]
+
+
+def _rng_now() -> RngState:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _rng_set(state: RngState) -> None:
+    """GradCache pass 2 replays each chunk's RNG state so dropout matches pass 1."""
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclass
+class LocalBatch:
+    """The texts of this process's queries and candidates, tokenized, and the slot layout."""
+
+    ids: list[list[int]]  # unique texts; the first n_queries are the queries
+    n_queries: int
+    cand_slot: torch.Tensor  # slot (query * slots + j) of each valid candidate
+    cand_text: torch.Tensor  # text index of each valid candidate
+    slot_valid: torch.Tensor  # [n_queries * slots]
+    slot_group: torch.Tensor  # [n_queries * slots] label group, -1 without
+    query_group: torch.Tensor  # [n_queries]
+    tokens: int
+
+
+def encode_batch(examples: list[Example], tokenizer, *, slots: int, max_length: int) -> LocalBatch:
+    """Tokenize once; a text used twice (e.g. a shared negative) is embedded once."""
+    texts = [e.query for e in examples]
+    index: dict[str, int] = {}
+    cand_slot, cand_text = [], []
+    n = len(examples)
+    slot_valid = torch.zeros(n * slots, dtype=torch.bool)
+    slot_group = torch.full((n * slots,), -1, dtype=torch.long)
+    for i, e in enumerate(examples):
+        for j, (text, group) in enumerate(
+            zip((e.positive, *e.negatives), (e.group, *e.negative_groups), strict=True)
+        ):
+            if text not in index:
+                index[text] = n + len(index)
+                texts.append(text)
+            cand_slot.append(i * slots + j)
+            cand_text.append(index[text])
+            slot_valid[i * slots + j] = True
+            slot_group[i * slots + j] = group
+    ids = tokenize(tokenizer, texts, max_length)
+    return LocalBatch(
+        ids=ids,
+        n_queries=n,
+        cand_slot=torch.tensor(cand_slot, dtype=torch.long),
+        cand_text=torch.tensor(cand_text, dtype=torch.long),
+        slot_valid=slot_valid,
+        slot_group=slot_group,
+        query_group=torch.tensor([e.group for e in examples], dtype=torch.long),
+        tokens=sum(len(x) for x in ids),
+    )
+
+
+class Stepper:
+    """Computes one optimizer step's gradients (GradCache) for a local batch."""
+
+    def __init__(self, model: Embedder, tokenizer, cfg: TrainConfig, d: Dist) -> None:
+        self.model, self.tokenizer, self.cfg, self.d = model, tokenizer, cfg, d
+        self.slots = 1 + cfg.negatives_per_query
+        self.encode = torch.compile(model, dynamic=True) if cfg.compile else model
+        cuda = d.device.type == "cuda"
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
+        self.pad_multiple = 8 if cuda else 1
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _embed(self, ids: list[list[int]]) -> torch.Tensor:
+        input_ids, mask = pad(ids, self.tokenizer.pad_token_id, self.d.device, self.pad_multiple)
+        autocast = (
+            torch.autocast(self.d.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        )
+        with autocast:
+            return self.encode(input_ids, mask)
+
+    def _loss(self, reps: torch.Tensor, b: LocalBatch) -> LossOutput:
+        dev = reps.device
+        queries = reps[: b.n_queries]
+        cands = reps.new_zeros(b.n_queries * self.slots, reps.shape[1]).index_copy(
+            0, b.cand_slot.to(dev), reps[b.cand_text.to(dev)]
+        )
+        cands = gather(cands, self.d, with_grad=True)
+        valid = gather(b.slot_valid.to(dev), self.d)
+        groups = gather(b.slot_group.to(dev), self.d)
+        first = self.d.rank * b.n_queries
+        positives = (first + torch.arange(b.n_queries, device=dev)) * self.slots
+        return info_nce(
+            queries,
+            b.query_group.to(dev),
+            positives,
+            cands,
+            valid,
+            groups,
+            temperature=self.cfg.temperature,
+            margin=self.cfg.false_negative_margin,
+        )
+
+    def backward(self, examples: list[Example]) -> tuple[LossOutput, int]:
+        """Accumulate this batch's gradients (averaged over processes); (loss output, tokens)."""
+        b = encode_batch(examples, self.tokenizer, slots=self.slots, max_length=self.cfg.max_length)
+        return self.backward_batch(b), b.tokens
+
+    def backward_batch(self, b: LocalBatch) -> LossOutput:
+        """`backward` on an already tokenized batch (the GPU benchmark feeds token ids)."""
+        order = sorted(range(len(b.ids)), key=lambda i: len(b.ids[i]))
+        chunks = [
+            order[i : i + self.cfg.chunk_size] for i in range(0, len(order), self.cfg.chunk_size)
+        ]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        inverse = inverse.to(self.d.device)
+        if len(chunks) == 1:
+            reps = self._embed([b.ids[i] for i in order])[inverse]
+            out = self._loss(reps, b)
+            out.loss.backward()
+        else:
+            states, pieces = [], []
+            with torch.no_grad():
+                for chunk in chunks:
+                    states.append(_rng_now())
+                    pieces.append(self._embed([b.ids[i] for i in chunk]))
+            reps = torch.cat(pieces)[inverse].detach().requires_grad_(True)
+            out = self._loss(reps, b)
+            out.loss.backward()
+            grads = reps.grad
+            for chunk, state in zip(chunks, states, strict=True):
+                _rng_set(state)
+                emb = self._embed([b.ids[i] for i in chunk])
+                emb.backward(grads[torch.tensor(chunk, device=grads.device)])
+        if self.d.world > 1:
+            all_reduce_grads(self.params, self.d.world)
+        return out
+
+
+# ----------------------------------------------------------------------------- a run
+
+
+def git_commit() -> str | None:
+    """The commit of the kalmix code that trains (with `+dirty` for local changes), if known."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    warmup = int(total * cfg.warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress_ = (step - warmup) / max(1, total - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress_))
+        return max(0.0, 1.0 - progress_)
+
+    return factor
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        fused=device.type == "cuda",
+    )
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The metrics lines of steps up to `upto` (a resumed run drops steps it will redo)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def _oom_message(cfg: TrainConfig, step: int) -> str:
+    return (
+        f"out of GPU memory at step {step}: lower chunk_size (now {cfg.chunk_size} texts per "
+        f"forward; the contrastive batch of {cfg.batch_size} stays the same), or set "
+        f"gradient_checkpointing = true, or lower max_length (now {cfg.max_length})"
+    )
+
+
+@dataclass
+class TrainResult:
+    run: str
+    steps: int
+    loss: float
+    model_path: Path
+    summary: dict[str, Any]
+
+
+def train(
+    ws: Workspace,
+    *,
+    run_name: str,
+    mixture: str | None = None,
+    cfg: TrainConfig | None = None,
+    resume: bool = False,
+    on_step: OnStep | None = None,
+) -> TrainResult:
+    """Train (or with `resume`, continue) run `run_name` on a mixture version and export it.
+
+    Every process of a torchrun job calls this with the same arguments. Inputs are checked
+    before the run's catalog row is written, so bad input leaves no row; any failure after
+    that marks the row failed (or interrupted, for Ctrl-C). `on_step(step, metrics)` is called
+    after each optimizer step on every process.
+    """
+    d, started = setup_distributed()
+    try:
+        return _Run(ws, d, run_name, mixture, cfg, resume).execute(on_step)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+class _Run:
+    def __init__(
+        self,
+        ws: Workspace,
+        d: Dist,
+        name: str,
+        mixture: str | None,
+        cfg: TrainConfig | None,
+        resume: bool,
+    ) -> None:
+        self.ws, self.d, self.name, self.resume = ws, d, name, resume
+        self.cat = ws.catalog()
+        self.path = runs.run_dir(self.cat, name)
+        self.restore_from: Path | None = None
+        existing = runs.get_run(self.cat, name)
+        if resume:
+            if existing is None:
+                raise KalmixError(f"nothing to resume: no run {name!r} (start it without --resume)")
+            if mixture and mixture not in (existing.mixture_ref, existing.mixture):
+                raise KalmixError(
+                    f"run {name!r} trains on {existing.mixture_ref}, not {mixture}; drop the "
+                    "mixture argument to resume it"
+                )
+            mixture = existing.mixture_ref
+            saved = ckpt.list_checkpoints(self.path)
+            self.restore_from = saved[-1] if saved else None
+            config = existing.config
+            if self.restore_from is not None:
+                config = json.loads((self.restore_from / "state.json").read_text())["config"]
+            cfg = TrainConfig.from_dict(config)
+        elif existing is not None:
+            raise KalmixError(
+                f"run {name!r} already exists (status {existing.status}): continue it with "
+                "--resume, or choose another --out-run"
+            )
+        if not mixture:
+            raise KalmixError("name the mixture version to train on, e.g. kalmix train mix@v1 ...")
+        cfg = (cfg or TrainConfig()).validate()
+        if not cfg.base:
+            cfg = cfg.override(base=str(default_base()))
+        resolve_base(cfg.base)  # a bad --base fails before the data is read
+        if cfg.batch_size % d.world:
+            raise KalmixError(
+                f"batch size {cfg.batch_size} does not split over {d.world} processes; use a "
+                f"multiple of {d.world}"
+            )
+        self.cfg = cfg
+        self.mv, sources, self.report = load_mixture(self.cat, mixture, cfg)
+        if d.is_main:
+            console.print(self.report.line(str(self.mv.ref)))
+        self.sampler = BatchSampler(
+            sources,
+            batch_size=cfg.batch_size,
+            homogeneous_share=cfg.homogeneous_share,
+            negatives_per_query=cfg.negatives_per_query,
+            seed=cfg.seed,
+        )
+        self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.sampler.steps_per_epoch))
+        torch.manual_seed(cfg.seed)
+        self.model, self.tokenizer = load_embedder(
+            cfg.base, cfg.pooling, gradient_checkpointing=cfg.gradient_checkpointing
+        )
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.session = {"start": time.perf_counter(), "steps": 0, "tokens": 0}
+
+    def _register(self) -> None:
+        commit = git_commit()
+        if self.resume:
+            runs.restart_run(self.cat, self.name, pid=os.getpid(), git_commit=commit)
+        else:
+            runs.create_run(
+                self.cat,
+                self.name,
+                mixture=self.mv.name,
+                mixture_version=self.mv.version,
+                base_model=self.cfg.base,
+                config=self.cfg.to_dict(),
+                git_commit=commit,
+                pid=os.getpid(),
+            )
+
+    def execute(self, on_step: OnStep | None) -> TrainResult:
+        if self.d.is_main:
+            self._register()
+        self.d.barrier()
+        try:
+            self._loop(on_step)
+            return self._finish()
+        except KeyboardInterrupt:
+            self._mark("interrupted", f"interrupted after step {self.step}")
+            raise
+        except torch.OutOfMemoryError:
+            message = _oom_message(self.cfg, self.step + 1)
+            self._mark("failed", message)
+            raise KalmixError(message) from None
+        except BaseException as err:
+            self._mark("failed", f"{type(err).__name__}: {err}")
+            raise
+
+    def _mark(self, status: str, error: str) -> None:
+        if self.d.is_main:
+            runs.update_run(
+                self.cat, self.name, status=status, error=error, summary=self._summary()
+            )
+
+    def _loop(self, on_step: OnStep | None) -> None:
+        cfg, d = self.cfg, self.d
+        self.model.to(d.device).train()
+        self.optimizer = _optimizer(self.model, cfg, d.device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(cfg, self.total)
+        )
+        if self.restore_from is not None:
+            restored = ckpt.load_checkpoint(
+                self.restore_from,
+                rank=d.rank,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+            )
+            self.sampler.load_state_dict(restored.state["sampler"])
+            self.step = restored.step
+        metrics = self.path / METRICS_FILE
+        self.history = _read_metrics(metrics, self.step)
+        if d.is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        stepper = Stepper(self.model, self.tokenizer, cfg, d)
+        local = cfg.batch_size // d.world
+        with progress() if d.is_main else nullcontext() as bar:
+            task = bar.add_task(self.name, total=self.total, completed=self.step) if bar else None
+            while self.step < self.total:
+                t0 = time.perf_counter()
+                examples = self.sampler.next_batch()[d.rank * local : (d.rank + 1) * local]
+                out, tokens = stepper.backward(examples)
+                grad_norm = torch.nn.utils.clip_grad_norm_(stepper.params, cfg.max_grad_norm)
+                lr = self.scheduler.get_last_lr()[0]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                record = self._record(out, tokens, lr, float(grad_norm), time.perf_counter() - t0)
+                if d.is_main:
+                    if self.step % cfg.log_every == 0 or self.step == self.total:
+                        with metrics.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                    bar.update(
+                        task,
+                        completed=self.step,
+                        description=f"{self.name} loss {record['loss']:.4f}",
+                    )
+                if self.step % cfg.checkpoint_every == 0 and self.step < self.total:
+                    self._checkpoint()
+                if on_step is not None:
+                    on_step(self.step, record)
+
+    def _record(
+        self, out: LossOutput, tokens: int, lr: float, grad_norm: float, seconds: float
+    ) -> dict[str, Any]:
+        """This step's metrics over all processes."""
+        stats = torch.tensor(
+            [out.loss.item(), float(out.correct.sum()), float(out.masked.sum()), float(tokens)],
+            dtype=torch.float64,
+            device=self.d.device,
+        )
+        if self.d.world > 1:
+            dist.all_reduce(stats)
+        loss, correct, masked, tokens_all = stats.tolist()
+        self.session["steps"] += 1
+        self.session["tokens"] += int(tokens_all)
+        batch = self.cfg.batch_size
+        record = {
+            "step": self.step,
+            "epoch": self.sampler.epoch,
+            "loss": loss / self.d.world,
+            "accuracy": correct / batch,
+            "masked_per_query": masked / batch,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "samples_per_s": batch / seconds,
+            "tokens_per_s": tokens_all / seconds,
+            "seconds": seconds,
+        }
+        self.history.append(record)
+        return record
+
+    def _checkpoint(self) -> None:
+        ckpt.save_rng(self.path, self.step, self.d.rank)
+        self.d.barrier()
+        if self.d.is_main:
+            ckpt.save_checkpoint(
+                self.path,
+                self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state={"sampler": self.sampler.state_dict(), "config": self.cfg.to_dict()},
+                keep=self.cfg.keep_checkpoints,
+            )
+            runs.update_run(self.cat, self.name, summary=self._summary())
+        self.d.barrier()
+
+    def _summary(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.session["start"]
+        last = self.history[-10:]
+        return {
+            "steps": self.step,
+            "total_steps": self.total,
+            "epoch": self.sampler.epoch,
+            "loss": last[-1]["loss"] if last else None,
+            "loss_last_10": sum(r["loss"] for r in last) / len(last) if last else None,
+            "samples_per_s": self.session["steps"] * self.cfg.batch_size / seconds,
+            "tokens_per_s": self.session["tokens"] / seconds,
+            "processes": self.d.world,
+            "device": self.d.device.type,
+            "rows_used": self.report.rows_used,
+            "rows_dropped": self.report.dropped,
+        }
+
+    def _finish(self) -> TrainResult:
+        model_path = self.path / runs.MODEL_FOLDER
+        summary = self._summary()
+        if self.d.is_main:
+            export_sentence_transformers(
+                self.model,
+                self.tokenizer,
+                model_path,
+                prompts=mixture_prompts(self.mv.entries, self.cfg.instruction_template),
+                max_length=self.cfg.max_length,
+            )
+            summary["model_path"] = str(model_path.relative_to(self.ws.root))
+            runs.update_run(self.cat, self.name, status="completed", summary=summary)
+            console.print(
+                f"train: {self.mv.ref} -> run {self.name}: {self.step} steps, loss "
+                f"{summary['loss']:.4f}, {summary['samples_per_s']:.1f} samples/s; "
+                f"model at {model_path}"
+            )
+        self.d.barrier()
+        return TrainResult(self.name, self.step, summary["loss"], model_path, summary)

@@ -385,25 +385,27 @@ def _select(cat: Catalog, spec: MixtureSpec) -> list[_Pin]:
             if ref.dataset in seen:
                 raise KalmixError(f"dataset {ref.dataset!r} is listed twice in the mixture")
             seen.add(ref.dataset)
-    wanted = sorted({r.dataset for r in refs})
+    # One row per selected dataset: the pinned version, or the latest (not every version: a
+    # dataset with hundreds of versions must not slow down a live preview).
+    wanted = sorted({r.dataset: r.version for r in refs}.items())
     with cat.read() as con:
         rows = con.execute(
-            "SELECT d.name, d.category, d.task_type, d.is_eval, c.instruction, v.version, v.rows,"
-            " v.path, v.files, v.content_hash, v.stats->>'languages' FROM datasets d"
-            " JOIN dataset_versions v ON v.dataset = d.name"
-            " LEFT JOIN categories c ON c.name = d.category"
-            " WHERE list_contains(?::VARCHAR[], d.name) ORDER BY d.name, v.version",
-            [wanted],
+            "WITH want AS (SELECT unnest(?::VARCHAR[]) AS name, unnest(?::INTEGER[]) AS version),"
+            " pick AS (SELECT w.name, coalesce(w.version, (SELECT max(version)"
+            "  FROM dataset_versions WHERE dataset = w.name)) AS version FROM want w)"
+            " SELECT d.name, d.category, d.task_type, d.is_eval, c.instruction, v.version, v.rows,"
+            " v.path, v.files, v.content_hash, v.stats->>'languages' FROM pick"
+            " JOIN datasets d ON d.name = pick.name"
+            " JOIN dataset_versions v ON v.dataset = pick.name AND v.version = pick.version"
+            " LEFT JOIN categories c ON c.name = d.category ORDER BY d.name",
+            [[n for n, _ in wanted], [v for _, v in wanted]],
         ).fetchall()
-    by_name: dict[str, dict[int, tuple]] = {}
-    for row in rows:
-        by_name.setdefault(row[0], {})[row[5]] = row
+    by_name = {row[0]: row for row in rows}
     pins, evals = [], []
     for ref in sorted(refs, key=lambda r: r.dataset):
-        found = by_name.get(ref.dataset, {})
-        if not found or (ref.version is not None and ref.version not in found):
+        row = by_name.get(ref.dataset)
+        if row is None:
             versions.resolve(cat, ref)  # raises the catalog's unknown dataset/version message
-        row = found[ref.version if ref.version is not None else max(found)]
         name, category, task_type, is_eval, instruction, version, n, path, files, chash, langs = row
         if is_eval:
             evals.append(name)

@@ -36,8 +36,16 @@ def categories(cat: Catalog, task_type: str | None = None) -> pa.Table:
 
 
 def _guarded(con: duckdb.DuckDBPyConnection, where: str) -> str:
-    if ";" in where.replace("';'", ""):
-        raise KalmixError("a WHERE clause must be one expression (no ';')")
+    """Accept one boolean expression only; the connection is read-only with no file access."""
+    try:
+        statements = duckdb.extract_statements(f"SELECT 1 WHERE ({where})")
+    except duckdb.Error as err:
+        first = str(err).splitlines()[0]
+        raise KalmixError(
+            f"bad WHERE clause: {first}. Columns you can use: {DATASETS_VIEW_COLUMNS}"
+        ) from None
+    if len(statements) != 1:
+        raise KalmixError("a WHERE clause must be one expression (no ';' outside quotes)")
     con.execute("SET enable_external_access = false")
     return f"({where})"
 

@@ -364,17 +364,24 @@ class CheckReport:
 
 
 def check(cat: Catalog, fix: bool = False) -> CheckReport:
-    """Find version folders with no catalog row, abandoned staging folders, and missing data."""
+    """Find version folders with no catalog row, abandoned staging folders, and missing data.
+
+    Dataset versions live in `data/<name>/vN/`, mixture versions in `mixtures/<name>/vN/`;
+    both are staged and renamed the same way, so both are checked the same way.
+    """
+    root = cat.workspace.root
     with cat.read() as con:
         rows = con.execute("SELECT dataset, version, path, files FROM dataset_versions").fetchall()
-    registered = {(cat.workspace.root / r[2]).resolve() for r in rows}
+        mixes = con.execute("SELECT mixture, version, ids_path FROM mixture_versions").fetchall()
+    registered = {(root / r[2]).resolve() for r in rows}
+    registered |= {(root / ids).parent.resolve() for _, _, ids in mixes if ids}
     missing = [
-        f"{d}@v{v}"
-        for d, v, p, files in rows
-        if not all((cat.workspace.root / p / f).exists() for f in files)
+        f"{d}@v{v}" for d, v, p, files in rows if not all((root / p / f).exists() for f in files)
     ]
+    missing += [f"mixture {m}@v{v}" for m, v, ids in mixes if ids and not (root / ids).exists()]
     orphans, stale = [], []
-    for folder in sorted(cat.workspace.data_dir.glob("*/*")):
+    folders = [*cat.workspace.data_dir.glob("*/*"), *(root / "mixtures").glob("*/*")]
+    for folder in sorted(folders):
         if not folder.is_dir():
             continue
         if folder.name.startswith(".staging-"):

@@ -125,6 +125,15 @@ def test_create_is_deterministic_and_stored_as_positions(shared):
     assert resolve_mixture(shared, "det-a").version == 2
     assert resolve_mixture(shared, MixtureRef("det-a", 1)).content_hash == a.content_hash
 
+    orphan = shared.workspace.root / "mixtures" / "det-a" / "v9"
+    stale = shared.workspace.root / "mixtures" / "det-a" / ".staging-999999999-abcd"
+    orphan.mkdir()
+    stale.mkdir()
+    report = versions.check(shared)
+    assert report.orphans == [orphan] and report.stale_staging == [stale] and not report.missing
+    versions.check(shared, fix=True)
+    assert not orphan.exists() and not stale.exists() and a.ids_path.exists()
+
 
 def test_version_stays_pinned_after_new_dataset_versions(cat):
     add_version(cat, "faq", 40)

@@ -25,6 +25,11 @@ def test_init_categories_ingest_datasets_show_check(cli, ws, tmp_path):
 
     result = cli("catalog", "datasets", "--where", "list_contains(languages, 'de')", "--json")
     assert [d["name"] for d in json.loads(result.output)] == ["faq"]
+    result = cli("catalog", "datasets", "--where", "name <> 'a;b'", "--json")
+    assert [d["name"] for d in json.loads(result.output)] == ["faq"]
+    for bad in ("true; DROP TABLE datasets", "name = 'faq"):
+        result = cli("catalog", "datasets", "--where", bad)
+        assert "WHERE" in str(result.exception), result.output
 
     result = cli("catalog", "show", "faq@v1", "--json")
     shown = json.loads(result.output)

@@ -7,10 +7,13 @@ shards and removals are deterministic whatever the number of workers.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import multiprocessing.context
 import os
+import sys
+import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,6 +30,54 @@ def default_workers() -> int:
     )
 
 
+@contextmanager
+def _entry_main_only() -> Iterator[None]:
+    """While a worker is spawned, hide a `__main__` that is not the program's entry script.
+
+    A spawned child re-runs the parent's `__main__` file (as `__mp_main__`) before it unpickles
+    anything, so that functions defined there can be found. That is sound only for the script
+    the interpreter was started with, which by Python's contract guards its work under
+    `if __name__ == "__main__"`. Streamlit (the dashboard, and its `AppTest` under pytest)
+    installs the page it runs as a fake `__main__` and never puts the old one back: every
+    worker spawned afterwards would run the whole dashboard page on start, and die with it
+    (`BrokenProcessPool: A process in the process pool was terminated abruptly`). Everything
+    the pools here run lives in importable modules, so the child needs no `__main__` then.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    entry = bool(sys.argv and sys.argv[0]) and os.path.realpath(sys.argv[0])
+    if (
+        path is None
+        or getattr(main, "__spec__", None) is not None
+        or os.path.realpath(path) == entry
+    ):
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+class _SpawnProcess(multiprocessing.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):  # noqa: N802 - multiprocessing's name
+        with _entry_main_only():
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    Process = _SpawnProcess
+
+
+def spawn_context() -> multiprocessing.context.SpawnContext:
+    """The start method of every process pool here: "spawn" (no fork of a process that may hold
+    threads, e.g. torch's), safe whatever module is installed as `__main__` (see
+    `_entry_main_only`)."""
+    return _SpawnContext()
+
+
 @dataclass
 class LocalExecutor:
     workers: int = 0  # 0 = one per core
@@ -37,7 +88,7 @@ class LocalExecutor:
         if workers <= 1:
             yield from map(fn, items)
             return
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
             yield from pool.map(fn, items)
 
 

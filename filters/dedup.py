@@ -20,6 +20,13 @@ Removals record `dup_of` (the keeper's id, and its dataset under `--across`) and
 estimated Jaccard with it. An exact duplicate's `dup_of` is the identical copy that survived
 the exact pass; if that copy was then removed as a near duplicate, its own removal names the
 row it duplicates. Records with no text in the chosen fields are left alone.
+
+The same operator runs on Ray Data (`Dedup.on_ray`, `kalmix dedup --executor ray`) with the
+same result, row for row: signatures are a row-local `map_batches` over the Parquet shards;
+the exact pass and the LSH banding are group-bys (hash shuffles) of Ray Data on a partition key
+derived from the normalised text or the band key, and each partition is grouped in polars by
+the very code the local path runs; only the candidate pairs and the rows in them (few) come
+back to the driver, which verifies them and runs the union-find.
 """
 
 from __future__ import annotations
@@ -27,13 +34,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from corpus.errors import KalmixError
-from corpus.operator import OpResult
+from corpus.operator import DATASET_COLUMN, OpResult, empty_removals
 from filters.clusters import (
     KeeperRule,
     Keepers,
@@ -46,12 +55,19 @@ from filters.exact import exact_dedup
 from filters.minhash import (
     LSH_WEIGHTS,
     MinHashConfig,
+    MinHasher,
+    band_keys,
+    bucket_pairs,
     candidate_pairs,
     estimated_jaccard,
     lsh_params,
     signatures_parallel,
+    unique_pairs,
 )
-from filters.text import record_text
+from filters.text import FIELD_SEPARATOR, normalize, record_text
+
+if TYPE_CHECKING:
+    from corpus.executor import RayExecutor
 
 REASON = "near_duplicate"
 
@@ -121,14 +137,29 @@ def near_duplicates(
     candidates: np.ndarray,
     config: DedupConfig,
 ) -> NearDuplicates:
-    """Verify LSH candidates, cluster, and choose removals (see the module docstring).
+    """LSH candidate pairs among `candidates` (the rows with text), then `resolve_pairs`.
 
-    `sig` holds a signature per row of `table`; `candidates` are the rows that take part (rows
-    with text).
+    `sig` holds a signature per row of `table`.
+    """
+    bands, rows = lsh_params(config.threshold, config.num_perm, config.lsh_weights)
+    left, right = candidate_pairs(sig, candidates, bands, rows)
+    return resolve_pairs(table, sig, left, right, config)
+
+
+def resolve_pairs(
+    table: pa.Table,
+    sig: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    config: DedupConfig,
+) -> NearDuplicates:
+    """Verify candidate pairs, cluster, and choose removals (see the module docstring).
+
+    Only rows in a pair matter, so `table`/`sig` may hold just those rows (in input order,
+    pairs as positions in it): that is how the Ray path runs this on the driver.
     """
     n = table.num_rows
     bands, rows = lsh_params(config.threshold, config.num_perm, config.lsh_weights)
-    left, right = candidate_pairs(sig, candidates, bands, rows)
     jac = estimated_jaccard(sig, left, right)
     verified = jac >= config.threshold
     left, right = left[verified], right[verified]
@@ -205,3 +236,215 @@ class Dedup:
         kept, removed = split_rows(survivors, near.keepers.keep, REASON, details)
         stats["seconds"] = round(time.perf_counter() - start, 3)
         return OpResult(kept, pa.concat_tables([exact.removed, removed]), stats)
+
+    def on_ray(self, executor: RayExecutor, shards: list[tuple[str | None, str]]) -> OpResult:
+        """The same result on Ray Data; `shards` are (dataset or None, Parquet path) in order."""
+        return dedup_on_ray(self.config, executor, shards)
+
+
+# --- Ray Data ---------------------------------------------------------------------------------
+
+ROW, SIG, PART = "_row", "_sig", "_part"
+ROWS_PER_PARTITION = 200_000  # rows per hash partition of the group-by shuffles
+
+
+def _sig_column(sig: np.ndarray) -> pa.Array:
+    """A (rows x num_perm) uint32 matrix as one fixed-size binary value per row."""
+    data = pa.py_buffer(np.ascontiguousarray(sig, dtype=np.uint32).tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(sig.shape[1] * 4), sig.shape[0], [None, data]
+    )
+
+
+def _sig_matrix(column: pa.Array | pa.ChunkedArray, num_perm: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    start = column.offset * num_perm * 4
+    flat = np.frombuffer(column.buffers()[1], np.uint32, len(column) * num_perm, start)
+    return flat.reshape(len(column), num_perm)
+
+
+@dataclass(frozen=True)
+class _Annotate:
+    """Row-local: read one shard, number its rows in corpus order, add the partition of its
+    normalised text (for the exact pass) and its MinHash signature."""
+
+    config: DedupConfig
+    partitions: int
+    hasher: MinHasher  # made on the driver: workers need not import datasketch
+
+    def __call__(self, shard: pa.Table) -> pa.Table:
+        [path], [dataset], [offset] = (shard.column(c).to_pylist() for c in shard.column_names)
+        table = pq.read_table(path)
+        n = table.num_rows
+        if dataset is not None:
+            table = table.append_column(DATASET_COLUMN, pa.array([dataset] * n, pa.string()))
+        fields = self.config.fields
+        norm = pl.Series(normalize(record_text(table, fields, separator=FIELD_SEPARATOR)))
+        part = (norm.hash(seed=0) % self.partitions).cast(pl.Int64).to_arrow()
+        sig = self.hasher.signatures(record_text(table, fields).to_arrow())
+        table = table.append_column(ROW, pa.array(np.arange(offset, offset + n, dtype=np.int64)))
+        return table.append_column(PART, part).append_column(SIG, _sig_column(sig))
+
+
+def _exact_partition(part: pa.Table, config: DedupConfig) -> pa.Table:
+    """One partition of the exact pass (all rows of any normalised text): `exact_dedup` itself,
+    on the rows in corpus order; the removals carry their row number."""
+    part = part.sort_by(ROW)
+    exact = exact_dedup(part, config.fields, config.rule)
+    gone = np.setdiff1d(part.column(ROW).to_numpy(), exact.table.column(ROW).to_numpy())
+    return exact.removed.append_column(ROW, pa.array(gone, pa.int64()))
+
+
+@dataclass(frozen=True)
+class _BandKeys:
+    """Row-local: (band, key, row, partition) for every band of every row with text that the
+    exact pass kept (`gone`: sorted rows it removed)."""
+
+    num_perm: int
+    bands: int
+    band_rows: int
+    partitions: int
+    gone: np.ndarray
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.column(ROW).to_numpy()
+        sig = _sig_matrix(batch.column(SIG), self.num_perm)
+        take = (sig != np.uint32(0xFFFFFFFF)).any(axis=1) & ~np.isin(rows, self.gone)
+        sig, rows = sig[take], rows[take]
+        schema = {"band": pl.Int32, "key": pl.UInt64, "row": pl.Int64}
+        frame = pl.concat(
+            [
+                pl.DataFrame(
+                    {"band": b, "key": band_keys(sig, b, self.band_rows), "row": rows}, schema
+                )
+                for b in range(self.bands)
+            ]
+        )
+        return frame.with_columns(
+            (pl.col("key") % self.partitions).cast(pl.Int64).alias(PART)
+        ).to_arrow()
+
+
+def _pair_partition(part: pa.Table) -> pa.Table:
+    """One partition of the LSH banding (all rows of any band bucket): its candidate pairs."""
+    pairs = bucket_pairs(pl.from_arrow(part).select("band", "key", "row")).unique()
+    return pairs.select(pl.col("left", "right").cast(pl.Int64)).to_arrow()
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Row-local: keep only the `rows` (sorted row numbers), or everything but them."""
+
+    rows: np.ndarray
+    keep: bool
+    drop: tuple[str, ...]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        mask = np.isin(batch.column(ROW).to_numpy(), self.rows)
+        return batch.filter(pa.array(mask if self.keep else ~mask)).drop_columns(list(self.drop))
+
+
+def _collect(ds) -> pa.Table | None:
+    """Stream a (small) Ray dataset to the driver, in order; None when it has no batch."""
+    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    return pa.concat_tables(parts, promote_options="permissive") if parts else None
+
+
+def dedup_on_ray(
+    config: DedupConfig,
+    executor: RayExecutor,
+    shards: list[tuple[str | None, str]],
+    partitions: int = 0,
+) -> OpResult:
+    """`Dedup` over Parquet shards on Ray Data; `partitions` of the shuffles (0: by size).
+
+    Identical to the local operator on the concatenated shards (with a `_dataset` column when
+    the shards name their dataset): same rows kept in the same order, same removals in the
+    same order. What reaches the driver: the removals, the candidate pairs and the rows in them,
+    and the kept rows streamed back in order for the new versions.
+    """
+    start = time.perf_counter()
+    ray = executor._ray()
+    across = shards[0][0] is not None
+    first = pq.read_schema(shards[0][1])
+    record_text(first.empty_table(), config.fields)  # a bad --fields fails here, not in a task
+    sizes = [pq.read_metadata(path).num_rows for _, path in shards]
+    n = int(sum(sizes))
+    partitions = partitions or max(1, -(-n // ROWS_PER_PARTITION))
+    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int).tolist()
+    items = [
+        {"path": path, "dataset": dataset, "offset": offset}
+        for (dataset, path), offset in zip(shards, offsets, strict=True)
+    ]
+    annotated = (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(
+            _Annotate(config, partitions, MinHasher(config.minhash)),
+            batch_size=1,
+            batch_format="pyarrow",
+        )
+        .materialize()
+    )
+    stats: dict = {"rows": n, "signature_seconds": round(time.perf_counter() - start, 3)}
+
+    removal_schema = empty_removals(across).schema
+    kept_columns = ["id", *config.fields, config.priority_column, DATASET_COLUMN, ROW, PART]
+    names = set(first.names) | {ROW, PART} | ({DATASET_COLUMN} if across else set())
+    exact = _collect(
+        annotated.select_columns(list(dict.fromkeys(c for c in kept_columns if c in names)))
+        .groupby(PART, num_partitions=partitions)
+        .map_groups(_exact_partition, fn_kwargs={"config": config}, batch_format="pyarrow")
+    )
+    if exact is None or exact.num_rows == 0:
+        exact = removal_schema.empty_table().append_column(ROW, pa.array([], pa.int64()))
+    exact = exact.sort_by(ROW)
+    exact_rows = exact.column(ROW).to_numpy()
+    stats["exact_duplicates"] = len(exact_rows)
+
+    bands, band_rows = lsh_params(config.threshold, config.num_perm, config.lsh_weights)
+    keys = _BandKeys(config.num_perm, bands, band_rows, partitions, exact_rows)
+    keyed = annotated.select_columns([ROW, SIG]).map_batches(keys, batch_format="pyarrow")
+    keyed = keyed.materialize()
+    stats["without_text"] = n - len(exact_rows) - keyed.count() // bands
+    pairs = _collect(
+        keyed.groupby(PART, num_partitions=partitions).map_groups(
+            _pair_partition, batch_format="pyarrow"
+        )
+    )
+    left, right = unique_pairs([pl.from_arrow(pairs)] if pairs is not None else [])
+
+    involved = np.unique(np.concatenate([left, right]))
+    subset = None
+    if involved.size:
+        rows_only = _Rows(involved, True, (PART,))
+        subset = _collect(annotated.map_batches(rows_only, batch_format="pyarrow"))
+    if subset is None:
+        subset, sig = pa.table({ROW: pa.array([], pa.int64())}), np.zeros((0, config.num_perm))
+    else:
+        subset = subset.sort_by(ROW)
+        sig = _sig_matrix(subset.column(SIG), config.num_perm)
+        subset = subset.drop_columns([SIG])
+    near = resolve_pairs(
+        subset, sig, np.searchsorted(involved, left), np.searchsorted(involved, right), config
+    )
+    stats.update(near.stats)
+    if subset.num_rows:
+        details = duplicate_details(subset, near.keepers, near.jaccard)
+        _, near_removed = split_rows(subset, near.keepers.keep, REASON, details)
+        near_rows = subset.column(ROW).to_numpy()[~near.keepers.keep]
+    else:
+        near_removed, near_rows = removal_schema.empty_table(), np.zeros(0, np.int64)
+
+    gone = np.sort(np.concatenate([exact_rows, near_rows]))
+    kept = _collect(
+        annotated.map_batches(_Rows(gone, False, (ROW, PART, SIG)), batch_format="pyarrow")
+    )
+    removed = pa.concat_tables(
+        [exact.drop_columns([ROW]).cast(removal_schema), near_removed.cast(removal_schema)]
+    )
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    stats["executor"] = "ray"
+    return OpResult(kept, removed, stats)

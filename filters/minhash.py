@@ -22,7 +22,6 @@ Batches are independent, so `signatures_parallel` spreads them over a process po
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from corpus.errors import KalmixError
-from corpus.executor import default_workers
+from corpus.executor import default_workers, spawn_context
 from filters.text import ngram_spans, shingle_text, span_hashes
 
 HashName = Literal["poly", "sha1"]
@@ -198,7 +197,7 @@ def _pool_map(
     fn: Callable[[pa.Array], np.ndarray], items: Iterator[pa.Array], workers: int
 ) -> Iterator[np.ndarray]:
     """`map(fn, items)` on a spawn process pool, in order, at most 2 items per worker queued."""
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -218,47 +217,69 @@ def band_keys(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
     return key
 
 
+def bucket_pairs(frame: pl.DataFrame, max_group: int = 64) -> pl.DataFrame:
+    """Candidate pairs `left < right` among rows sharing an LSH bucket (same `band` and `key`).
+
+    `frame` has columns band, key, row and must hold every row of each (band, key) it holds:
+    one band of a whole corpus (`candidate_pairs`), or one hash partition of all bands (the
+    Ray Data shuffle in `filters.dedup`). Within a bucket of at most `max_group` rows every
+    pair is a candidate, as with `MinHashLSH.query`; a larger bucket (boilerplate repeated
+    thousands of times) links each member to its first row instead, so pairs stay linear in
+    its size. A pair may come out more than once (several bands).
+    """
+    bucket = ("band", "key")
+    frame = (
+        frame.filter(pl.len().over(bucket) > 1)
+        .sort("band", "key", "row")
+        .with_columns(
+            rank=pl.int_range(pl.len()).over(bucket),
+            size=pl.len().over(bucket),
+            first=pl.col("row").first().over(bucket),
+        )
+    )
+    small = frame.filter(pl.col("size") <= max_group).select("band", "key", "row", "rank")
+    pairs = (
+        small.join(small, on=bucket, suffix="_r")
+        .filter(pl.col("rank") < pl.col("rank_r"))
+        .select(left=pl.col("row"), right=pl.col("row_r"))
+    )
+    star = frame.filter((pl.col("size") > max_group) & (pl.col("rank") > 0)).select(
+        left=pl.col("first"), right=pl.col("row")
+    )
+    return pl.concat([pairs, star])
+
+
+def unique_pairs(found: list[pl.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair once, sorted by (left, right), as two int64 arrays."""
+    found = [f for f in found if f.height]
+    if not found:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    unique = pl.concat(found).unique(maintain_order=False).sort("left", "right")
+    return unique["left"].to_numpy().astype(np.int64), unique["right"].to_numpy().astype(np.int64)
+
+
 def candidate_pairs(
     sig: np.ndarray, rows: np.ndarray, bands: int, band_rows: int, max_group: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row pairs (left < right) that share at least one LSH band, each pair once.
 
     `rows` are the row indices of `sig` to index (documents without shingles are left out).
-    Within a bucket of at most `max_group` documents every pair is a candidate, as with
-    `MinHashLSH.query`; a larger bucket (boilerplate repeated thousands of times) links each
-    member to the bucket's first document instead, so pairs stay linear in its size.
-    Grouping is polars group-by work, band by band, so memory is bounded by one band.
+    Grouping is polars group-by work (`bucket_pairs`), band by band, so memory is bounded by
+    one band.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    found: list[pl.DataFrame] = []
-    for band in range(bands):
-        frame = pl.DataFrame({"key": band_keys(sig[rows], band, band_rows), "row": rows})
-        frame = (
-            frame.filter(pl.len().over("key") > 1)
-            .sort("key", "row")
-            .with_columns(
-                rank=pl.int_range(pl.len()).over("key"),
-                size=pl.len().over("key"),
-                first=pl.col("row").first().over("key"),
-            )
+    found = [
+        bucket_pairs(
+            pl.DataFrame(
+                {"band": band, "key": band_keys(sig[rows], band, band_rows), "row": rows},
+                schema={"band": pl.Int32, "key": pl.UInt64, "row": pl.Int64},
+            ),
+            max_group,
         )
-        if frame.height == 0:
-            continue
-        small = frame.filter(pl.col("size") <= max_group).select("key", "row", "rank")
-        pairs = (
-            small.join(small, on="key", suffix="_r")
-            .filter(pl.col("rank") < pl.col("rank_r"))
-            .select(left=pl.col("row"), right=pl.col("row_r"))
-        )
-        star = frame.filter((pl.col("size") > max_group) & (pl.col("rank") > 0)).select(
-            left=pl.col("first"), right=pl.col("row")
-        )
-        found.append(pl.concat([pairs, star]))
-    if not found:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    unique = pl.concat(found).unique(maintain_order=False).sort("left", "right")
-    return unique["left"].to_numpy().astype(np.int64), unique["right"].to_numpy().astype(np.int64)
+        for band in range(bands)
+    ]
+    return unique_pairs(found)
 
 
 def estimated_jaccard(

@@ -64,9 +64,12 @@ def run_operator(
     """Apply `op` to a version: whole table in this process (`inline`, needed by operators that
     look at all rows at once), or shard by shard on a process pool (`local`) or Ray Data
     (`ray`) for row-local operators. The shard executors give the same rows and removals as
-    `inline` for row-local operators, in the same order."""
+    `inline` for row-local operators, in the same order. An operator with a global step
+    (dedup) brings its own Ray plan: `op.on_ray(executor, [(dataset or None, shard), ...])`."""
     if executor == "inline":
         return op(source.read())
+    if executor == "ray" and hasattr(op, "on_ray"):
+        return op.on_ray(RayExecutor(address=address), [(None, str(f)) for f in source.files])
     if executor == "local":
         parts = list(LocalExecutor(workers).map(_ShardTask(op), [str(f) for f in source.files]))
     elif executor == "ray":
@@ -162,29 +165,38 @@ def apply_across(
     *,
     operation: str,
     params: dict[str, Any],
+    executor: str = "inline",
+    address: str | None = None,
 ) -> StepReport:
     """Run `op` over several versions at once; one new version per dataset that lost rows.
 
-    All the new versions are registered in one transaction: all or none.
+    All the new versions are registered in one transaction: all or none. `executor="ray"`
+    needs an operator with a Ray plan (`op.on_ray`, see `run_operator`).
     """
     if not sources:
         raise KalmixError(f"no datasets selected for {operation}")
     start = time.perf_counter()
-    parts = []
-    for info in sources:
-        t = info.read()
-        parts.append(
-            t.append_column(DATASET_COLUMN, pa.array([info.dataset] * t.num_rows, pa.string()))
-        )
-    table = pa.concat_tables(parts, promote_options="permissive")
-    if table.num_rows == 0:
+    rows_in = sum(info.rows for info in sources)
+    if rows_in == 0:
         raise KalmixError(f"the selected datasets are empty: nothing to {operation}")
-    result = op(table)
+    if executor == "ray" and hasattr(op, "on_ray"):
+        shards = [(info.dataset, str(f)) for info in sources if info.rows for f in info.files]
+        result = op.on_ray(RayExecutor(address=address), shards)
+    elif executor == "inline":
+        parts = []
+        for info in sources:
+            t = info.read()
+            parts.append(
+                t.append_column(DATASET_COLUMN, pa.array([info.dataset] * t.num_rows, pa.string()))
+            )
+        result = op(pa.concat_tables(parts, promote_options="permissive"))
+    else:
+        raise KalmixError(f"{operation} across datasets runs inline or on Ray, not {executor!r}")
     report = StepReport(
         operation,
         [str(s.ref) for s in sources],
         [],
-        table.num_rows,
+        rows_in,
         result.table.num_rows,
         _count(result.removed),
         stats=result.stats,

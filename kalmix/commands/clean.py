@@ -87,6 +87,15 @@ def dedup(
     ),
     seed: int = typer.Option(1, "--seed", help="MinHash seed (datasketch's default is 1)."),
     workers: int = typer.Option(0, "--workers", help="Signature processes (0 = one per core)."),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="local (this machine: signatures on a process pool) or ray (Ray Data: signatures "
+        "as map_batches, exact pass and LSH banding as group-by shuffles; same result).",
+    ),
+    address: str = typer.Option(
+        None, "--address", help="Ray cluster address for --executor ray (default: local Ray)."
+    ),
 ) -> None:
     """Remove exact and MinHash near-duplicates, within one dataset or across many.
 
@@ -95,12 +104,20 @@ def dedup(
     One keeper per cluster (longest text unless --prefer/--priority say otherwise); every
     removal records dup_of (the keeper's id) and the estimated Jaccard.
 
+    --executor ray runs the same steps on Ray Data (local Ray, or the cluster at --address):
+    signatures as map_batches over the Parquet shards, the exact pass and the LSH banding as
+    group-by shuffles; only candidate pairs come back to the driver for the union-find. The
+    versions and removals it registers are the same as with the local executor.
+
     Example: kalmix dedup faq --fields query,positive --threshold 0.8
     """
     from filters.dedup import Dedup, DedupConfig
 
     if (ref is None) == (across is None):
         raise KalmixError("give either a dataset (NAME or NAME@vN) or --across WHERE, not both")
+    if executor not in ("local", "ray"):
+        raise KalmixError(f"--executor must be local or ray, got {executor!r}")
+    run_on = "inline" if executor == "local" else "ray"
     weights = _names(lsh_weights)
     try:
         lsh = (float(weights[0]), float(weights[1])) if len(weights) == 2 else ()
@@ -131,10 +148,25 @@ def dedup(
             config, on_signed=lambda done, total: bar.update(task, total=total, advance=done)
         )
         if across:
-            report = apply_across(cat, sources, op, operation="dedup", params=config.params())
+            report = apply_across(
+                cat,
+                sources,
+                op,
+                operation="dedup",
+                params=config.params(),
+                executor=run_on,
+                address=address,
+            )
         else:
             report = apply(
-                cat, sources[0], op, operation="dedup", params=config.params(), always_commit=False
+                cat,
+                sources[0],
+                op,
+                operation="dedup",
+                params=config.params(),
+                always_commit=False,
+                executor=run_on,
+                address=address,
             )
     _print(
         report,
@@ -243,8 +275,11 @@ def _eval_items(cat: Catalog, name: str, training: str):
     """Evaluation items from a path, else a registered dataset, else an mteb task."""
     from filters.decontaminate import items_from_mteb, items_from_path, items_from_table
 
-    if Path(name).exists():
+    path = Path(name)
+    if path.exists():
         return items_from_path(name)
+    if "/" in name or path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
+        raise KalmixError(f"--against {name}: no such file or folder")
     try:
         info = versions.resolve(cat, name)
     except KalmixError as err:

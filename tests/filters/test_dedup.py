@@ -6,12 +6,18 @@ import pyarrow as pa
 import pytest
 
 from catalog import versions
+from catalog.versions import Commit, DatasetInfo
 from corpus.errors import KalmixError
+from corpus.executor import RayExecutor
+from corpus.operator import DATASET_COLUMN
 from corpus.sample import python_docs_records
 from corpus.schema import attach_ids
-from filters.dedup import Dedup, DedupConfig
+from corpus.writer import write_table
+from filters.dedup import Dedup, DedupConfig, dedup_on_ray
 from filters.exact import exact_dedup
+from filters.langid import LangId, LangIdConfig
 from kalmix.ingest import ingest
+from kalmix.pipeline import run_operator
 from tests.conftest import write_jsonl
 
 
@@ -53,7 +59,7 @@ def docs() -> list[str]:
         if len(words) >= 150:
             texts.append(" ".join(words))
             words = []
-    grams = [set(zip(*(t.lower().split()[i:] for i in range(5)))) for t in texts]
+    grams = [set(zip(*(t.lower().split()[i:] for i in range(5)), strict=False)) for t in texts]
     return [
         t
         for i, t in enumerate(texts)
@@ -147,3 +153,115 @@ def test_cli_dedup_within_and_across_datasets(cli, cat, tmp_path, docs):
     assert "not both" in str(cli("dedup", "a", "--across", "true").exception)
     result = cli("dedup", "a")  # nothing left to remove: no new version
     assert "no new version" in result.output and versions.resolve(cat, "a").version == 2
+
+
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    from ray.data.context import ShuffleStrategy
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    default = context.shuffle_strategy
+    # Small data: the sort-based group-by starts no shuffle actors. The default hash shuffle
+    # gives the same groups; it is only slower to start on two cores.
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    yield ray
+    context.shuffle_strategy = default
+    ray.shutdown()
+
+
+def _sharded(cat, name: str, table: pa.Table) -> None:
+    staged = versions.stage(cat, name)
+    write_table(staged.path, table, rows_per_shard=8)
+    info = DatasetInfo(name, "faq-retrieval", "retrieval")
+    versions.commit(cat, Commit(staged, "ingest", {}, info=info))
+
+
+def test_ray_executor_gives_the_local_result(cli, cat, docs, local_ray):
+    rng = random.Random(3)
+    a = docs[:30] + [edit_words(d, rng, 1) for d in docs[:6]] + [d.upper() for d in docs[10:13]]
+    b = docs[25:50] + [edit_words(d, rng, 1) for d in docs[40:44]] + [docs[3].upper()]
+    _sharded(cat, "a", records(a + ["", "!!!"]))  # two rows without shingles
+    _sharded(cat, "b", records(b, source="curated"))
+    config = DedupConfig(workers=1, priority=("curated",))
+
+    a1 = versions.resolve(cat, "a")
+    local = run_operator(a1, Dedup(config), "inline")
+    shards = [(None, str(f)) for f in a1.files]
+    on_ray = dedup_on_ray(config, RayExecutor(), shards, partitions=3)
+    assert len(shards) == 6 and on_ray.stats["executor"] == "ray"
+    assert local.stats["exact_duplicates"] == 3 and local.stats["near_duplicates"] == 6
+    assert on_ray.table.column("id").to_pylist() == local.table.column("id").to_pylist()
+    assert on_ray.removed.to_pylist() == local.removed.to_pylist()
+    langid = LangId(LangIdConfig(min_score=0.9))  # row-local: Ray Data map_batches
+    by_lang = [run_operator(a1, langid, executor) for executor in ("inline", "ray")]
+    assert by_lang[0].removed.num_rows > 0
+    assert by_lang[1].table.to_pylist() == by_lang[0].table.to_pylist()
+    assert by_lang[1].removed.to_pylist() == by_lang[0].removed.to_pylist()
+
+    # Across datasets, from the CLI: the versions and removals registered are the local ones.
+    sources = [versions.resolve(cat, n).read() for n in ("a", "b")]
+    expected = Dedup(config)(
+        pa.concat_tables(
+            t.append_column(DATASET_COLUMN, pa.array([n] * t.num_rows))
+            for n, t in zip("ab", sources, strict=True)
+        )
+    )
+    result = cli(
+        "dedup",
+        "--across",
+        "name IN ('a', 'b')",
+        "--priority",
+        "source=curated",
+        "--executor",
+        "ray",
+        "--workers",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("a", "b"):
+        info = versions.resolve(cat, name)
+        assert info.version == 2 and info.operation == "dedup"
+        mine = expected.table.filter(pa.compute.equal(expected.table[DATASET_COLUMN], name))
+        assert info.read().column("id").to_pylist() == mine.column("id").to_pylist()
+        stored = cat.query(
+            "SELECT id, reason, detail FROM removals WHERE dataset = ? AND version = 2", [name]
+        ).to_pylist()
+        want = [
+            {k: r[k] for k in ("id", "reason", "detail")}
+            for r in expected.removed.to_pylist()
+            if r[DATASET_COLUMN] == name
+        ]
+        key = lambda r: (r["id"], r["reason"])  # noqa: E731
+        assert [{**r, "detail": json.loads(r["detail"])} for r in sorted(stored, key=key)] == [
+            {**r, "detail": json.loads(r["detail"])} for r in sorted(want, key=key)
+        ]
+
+
+def test_cli_bad_input_is_one_clear_error_and_one_row_is_a_no_op(cli, cat, tmp_path):
+    row = {"question": "Where can I change the PIN of my card?", "answer": "At any cash machine."}
+    ingest(cat, write_jsonl(tmp_path / "one.jsonl", [row]), name="one", category="faq-retrieval")
+    evalset = write_jsonl(tmp_path / "eval.jsonl", [{"text": "an unrelated held-out sentence"}])
+    against = ("--against", str(evalset))
+    for args, message in [
+        (("dedup", "one", "--fields", "score"), "is not text"),
+        (("dedup", "one", "--ngram", "0"), "--ngram"),
+        (("dedup", "one", "--executor", "spark"), "--executor"),
+        (("dedup", "--across", "name = 'nothing'"), "selects no dataset"),
+        (("dedup", "--across", "name = ("), "bad WHERE"),
+        (("langid", "one", "--field", "nope"), "does not exist"),
+        (("langid", "one", "--field", "score"), "is not text"),
+        (("langid", "one", "--min-score", "-1"), "--min-score"),
+        (("decontaminate", "one", *against, "--fields", "nope"), "does not exist"),
+        (("decontaminate", "one", *against, "--fields", "score"), "is not text"),
+        (("decontaminate", "one", *against, "--threshold", "1.5"), "--threshold"),
+        (("decontaminate", "one", "--against", str(tmp_path / "gone.csv")), "no such file"),
+    ]:
+        error = cli(*args).exception
+        assert isinstance(error, KalmixError) and message in str(error), (args, error)
+    result = cli("dedup", "one")
+    assert "one@v1 -> no new version (nothing changed): rows 1 -> 1; removed: none" in result.output
+    assert "no new version" in cli("decontaminate", "one", *against).output
+    assert versions.resolve(cat, "one").version == 1

@@ -1,5 +1,7 @@
 import csv
 import re
+import sys
+import types
 import unicodedata
 
 import numpy as np
@@ -97,7 +99,14 @@ def test_signatures_identical_to_datasketch(real_texts, hash_name):
         assert np.array_equal(sig[i], expected.hashvalues), (i, text)
 
 
-def test_parallel_signatures_equal_inline(real_texts):
+def test_parallel_signatures_equal_inline(real_texts, tmp_path, monkeypatch):
+    # Streamlit (the dashboard's AppTest in the same pytest process) leaves its page installed as
+    # `__main__`; spawned workers must not re-run such a script (it killed them before).
+    page = tmp_path / "page.py"
+    page.write_text("raise SystemExit('a foreign __main__ was re-run in a worker')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
     config = MinHashConfig()
     texts = pa.array(real_texts * 3)
     inline = MinHasher(config).signatures(texts)

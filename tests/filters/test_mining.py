@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from catalog import versions
+from catalog.queries import versions_of
+from catalog.versions import Commit, DatasetInfo
 from corpus.errors import KalmixError
+from corpus.schema import RECORD_SCHEMA
+from corpus.writer import write_table
+from filters.embedder import default_model_path
 from filters.mining import HardNegativeMiner, MiningConfig, parse_range
 from tests.conftest import write_jsonl
 from tests.filters.embedding_data import banking_pairs, records, session_embedder
@@ -100,14 +105,47 @@ def test_cli_mines_into_a_new_version(cli, cat, tmp_path, banking):
     ]
     src = write_jsonl(tmp_path / "b.jsonl", rows)
     assert cli("ingest", str(src), "--name", "b", "--category", "faq-retrieval").exit_code == 0
-    result = cli("mine", "b", "--negatives", "3", "--range", "2:20", "--margin", "0.05")
+    teacher = str(default_model_path())  # any local model folder; here the same model
+    args = ("--negatives", "3", "--range", "2:20", "--margin", "0.05", "--teacher", teacher)
+    result = cli("mine", "b", *args)
     assert result.exit_code == 0, result.output
     assert "mine: b@v1 -> b@v2: rows 40 -> 40" in result.output
     v2 = versions.resolve(cat, "b@v2")
     assert v2.params["negatives"] == 3 and v2.params["range"] == "2:20"
+    assert v2.params["teacher"] == teacher
     table = v2.read()
     assert sum(len(n) for n in table.column("negatives").to_pylist()) > 40
-    assert "mining" in json.loads(table.column("meta")[0].as_py())
+    meta = json.loads(table.column("meta")[0].as_py())
+    negatives = table.column("negatives")[0].as_py()
+    assert "mining" in meta and len(meta["teacher_scores"]) == 1 + len(negatives)
 
-    bad = cli("mine", "b", "--range", "20")
-    assert isinstance(bad.exception, KalmixError) and "START:END" in str(bad.exception)
+
+def test_cli_bad_input_is_one_clear_error_and_no_new_version(cli, cat, tmp_path):
+    src = write_jsonl(tmp_path / "faq.jsonl", [{"question": "q", "answer": "a"}])
+    assert cli("ingest", str(src), "--name", "faq", "--category", "faq-retrieval").exit_code == 0
+    staged = versions.stage(cat, "void")
+    write_table(staged.path, RECORD_SCHEMA.empty_table())
+    info = DatasetInfo("void", "faq-retrieval", "retrieval")
+    versions.commit(cat, Commit(staged, "ingest", {}, info=info))
+    missing = str(tmp_path / "no-model")
+    cases = [
+        (("mine", "faq", "--range", "20"), "START:END"),
+        (("mine", "faq", "--range", "30:20"), "0 <= START < END"),
+        (("mine", "faq", "--negatives", "0"), "at least 1"),
+        (("mine", "faq", "--margin", "-0.1"), "--margin must be >= 0"),
+        (("mine", "faq", "--index", "hnsw"), "--index must be one of"),
+        (("mine", "faq", "--model", missing), "model folder not found"),
+        (("mine", "faq", "--teacher", missing), "model folder not found"),
+        (("mine", "void"), "is empty"),
+        (("mine", "faq@v7"), "does not exist"),
+        (("filter", "consistency", "faq", "--top-k", "0"), "--top-k must be at least 1"),
+        (("filter", "consistency", "faq", "--model", missing), "model folder not found"),
+        (("filter", "consistency", "faq", "--pool", "nope"), "unknown dataset"),
+        (("filter", "consistency", "void"), "is empty"),
+    ]
+    for args, message in cases:
+        result = cli(*args)
+        assert isinstance(result.exception, KalmixError), (args, result.output)
+        assert message in str(result.exception) and "\n" not in str(result.exception), args
+    for name in ("faq", "void"):
+        assert versions_of(cat, name).num_rows == 1

@@ -9,7 +9,12 @@
 3. openai backend: requests/s against `python -m synth.server` (the same model behind an
    OpenAI-compatible HTTP server that batches concurrent requests), concurrency 1 vs 8.
 
-Usage: python benchmarks/synth.py [--threads N] [--quick]. `--threads` (default 1) is the torch
+Generation is up to 128 new tokens, about the length of one JSON example; the prompts are the
+real example prompts (~300 tokens), whose prefill costs the same in both runs, so short outputs
+would measure prefill rather than generation.
+
+Usage: python benchmarks/synth.py [--threads N] [--small]. `--small` (8 prompts, 2 personas,
+8 requests) keeps the run short on a busy machine. `--threads` (default 1) is the torch
 thread count for every model run: on a machine shared with other busy processes one thread is
 several times faster than two (see `synth.backends.TransformersBackend`).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -186,24 +192,29 @@ def openai_concurrency(threads: int, n_requests: int, max_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="fewer prompts (smoke run)")
+    parser.add_argument("--small", action="store_true", help="fewer prompts (busy machine)")
     args = parser.parse_args()
-    quick = args.quick
+    small = args.small
+    personas = PERSONAS[:2] if small else PERSONAS
+    load_before = os.getloadavg()
     import torch
 
     torch.set_num_threads(args.threads)  # the baseline loop runs outside the backend
     backend = TransformersBackend(BackendConfig(batch_size=16, threads=args.threads))
-    tput = throughput(backend, 4 if quick else 16, 16 if quick else 48)
+    tput = throughput(backend, 8 if small else 16, 128)
     print(json.dumps(tput))
-    rates = valid_rates(backend, PERSONAS[:2] if quick else PERSONAS, 160)
+    rates = valid_rates(backend, personas, 128)
     print(json.dumps({k: v for k, v in rates.items() if k != "examples"}))
-    api = openai_concurrency(args.threads, 8 if quick else 16, 16)
+    api = openai_concurrency(args.threads, 8 if small else 16, 16)
     print(json.dumps(api))
 
+    load = [round(x, 1) for x in (*load_before, *os.getloadavg())]
     lines = [
         f"SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised to fp32), CPU, torch threads "
-        f"{args.threads}. Timings on a 2-core machine shared with other jobs: compare the "
-        "figures within this run, not across runs.",
+        f"{args.threads}. Timings on a {os.cpu_count()}-core machine shared with other jobs "
+        f"(load average 1/5/15 min: {load[0]}/{load[1]}/{load[2]} at the start, "
+        f"{load[3]}/{load[4]}/{load[5]} at the end): compare the figures within this run, "
+        f"not across runs. Size: {'small (--small)' if small else 'full'}.",
         "",
         "## transformers backend: generated tokens/s (greedy, same prompts)",
         "",
@@ -219,7 +230,7 @@ def main() -> None:
         "",
         "## valid-JSON rate per task type, first try (no retries)",
         "",
-        f"{rates['jobs']} jobs = {len(PERSONAS[:2] if quick else PERSONAS)} personas x "
+        f"{rates['jobs']} jobs = {len(personas)} personas x "
         f"{len(rates['by_type'])} task types, temperature 0.7, max {rates['max_tokens']} tokens, "
         f"{rates['seconds']} s. A job is valid when the task step gave a task description and "
         "the example step gave JSON that passed the task type's schema.",
@@ -248,7 +259,14 @@ def main() -> None:
     ]
     write_results(
         "synth",
-        {"threads": args.threads, "throughput": tput, "valid_json": rates, "openai": api},
+        {
+            "threads": args.threads,
+            "size": "small" if small else "full",
+            "load_average_start_end": load,
+            "throughput": tput,
+            "valid_json": rates,
+            "openai": api,
+        },
         "\n".join(lines),
     )
 

@@ -135,6 +135,14 @@ class BackendConfig:
         return {k: v for k, v in asdict(self).items() if k != "api_key"}
 
 
+def model_name(config: BackendConfig) -> str:
+    """The name a backend built from `config` reports, without loading the model: a driver that
+    hands generation to Ray actors (e.g. vLLM on GPU nodes) records it but never loads it."""
+    if config.kind in ("transformers", "vllm"):
+        return local_model_name(*resolve_local_model(config.model))
+    return make_backend(config).model_name  # openai: the served name, one cheap request
+
+
 def make_backend(config: BackendConfig) -> Backend:
     if config.kind == "transformers":
         return TransformersBackend(config)
@@ -202,6 +210,10 @@ def resolve_local_model(model: str | None) -> tuple[Path, str | None]:
     raise KalmixError(f"--model {model!r}: no such folder or .gguf file")
 
 
+def local_model_name(folder: Path, gguf: str | None) -> str:
+    return Path(gguf).stem if gguf else folder.name
+
+
 def _dequantised_folder(folder: Path, gguf: str) -> Path:
     """A safetensors copy of a GGUF model, made once and reused (see the module docstring)."""
     source = folder / gguf
@@ -241,7 +253,7 @@ _LOAD_LOCK = threading.Lock()
 def load_transformers_model(model: str | None, device: str) -> tuple[Any, Any, str]:
     """(model, tokenizer, display name), cached per process and device."""
     folder, gguf = resolve_local_model(model)
-    name = Path(gguf).stem if gguf else folder.name
+    name = local_model_name(folder, gguf)
     key = (str(folder / (gguf or "")), device)
     with _LOAD_LOCK:
         if key not in _LOADED:
@@ -382,7 +394,7 @@ class OpenAIBackend:
         self.api_key = config.api_key or os.environ.get("OPENAI_API_KEY") or ""
         self._requests = requests
         self._local = threading.local()
-        self.model_name = config.model or self._served_model()
+        self.model_name = self._served_model(config.model)
 
     def _session(self):
         if not hasattr(self._local, "session"):
@@ -392,10 +404,22 @@ class OpenAIBackend:
             self._local.session = session
         return self._local.session
 
-    def _served_model(self) -> str:
-        """The first model the server lists, when --model is not given."""
+    def _served_model(self, model: str | None) -> str:
+        """`model`, or the first model the server lists. The list is asked for either way: an
+        unreachable server fails here, in one line, instead of after every job's retries."""
         try:
-            reply = self._session().get(f"{self.base_url}/models", timeout=self.config.timeout_s)
+            reply = self._session().get(
+                f"{self.base_url}/models", timeout=min(self.config.timeout_s, 30.0)
+            )
+        except self._requests.RequestException as err:
+            raise KalmixError(
+                f"cannot reach the server at {self.base_url} ({err.__class__.__name__}): start "
+                "it (e.g. `vllm serve MODEL` or `python -m synth.server --port 8000`) or fix "
+                "--base-url"
+            ) from None
+        if model:
+            return model  # servers without a model list work when the name is given
+        try:
             reply.raise_for_status()
             return reply.json()["data"][0]["id"]
         except (self._requests.RequestException, ValueError, KeyError, IndexError) as err:
@@ -505,7 +529,7 @@ class VLLMBackend:
         folder, gguf = resolve_local_model(config.model)
         self._vllm = vllm
         self.config = config
-        self.model_name = Path(gguf).stem if gguf else folder.name
+        self.model_name = local_model_name(folder, gguf)
         model_path = str(folder / gguf) if gguf else str(folder)
         self.llm = vllm.LLM(
             model=model_path,

@@ -9,9 +9,12 @@ Each step runs batched over all pending jobs; an output that fails its parser is
 
 `SynthOperator` is the operator of the design: a job table in, a result table out, no catalog;
 it builds its backend lazily, so it can also be handed to Ray Data `map_batches` (one backend
-per actor). `run_resumable` is the local driver: it writes each finished shard of results into
-a work folder as a Parquet file (atomic rename), and on a rerun skips every job whose result is
-already there, so a killed run continues where it stopped.
+per actor). `run_resumable` is the driver: it runs the shards here or, with `RaySynth`, on Ray
+actors, writes each finished shard of results into a work folder as a Parquet file (atomic
+rename), and on a rerun skips every job whose result is already there, so a killed run
+continues where it stopped. Jobs the backend never answered (`backend_error`) are redone on a
+rerun, and a shard with no answer at all stops the run: a dead server is not worth a retry
+storm over every remaining job.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +39,13 @@ from corpus.schema import attach_ids
 from synth.backends import Backend, BackendConfig, Prompt, SamplingParams, make_backend
 from synth.personas import job_id, parse_persona, rejection_removals
 from synth.prompts import PersonaTemplate, TaskTemplate, language_name
-from synth.validate import extract_json, normalise, to_record_fields, validate_example
+from synth.validate import (
+    extract_json,
+    normalise,
+    script_matches,
+    to_record_fields,
+    validate_example,
+)
 
 RESULTS = pa.schema(
     [
@@ -64,6 +73,9 @@ EXAMPLE_JOBS = pa.schema(
         ("k", pa.int64()),
     ]
 )
+
+
+BACKEND_ERROR = "backend_error"  # no answer after the backend's own retries: redone on resume
 
 
 class Recipe(Protocol):
@@ -112,7 +124,11 @@ class ExampleRecipe:
         obj, reason = extract_json(text)
         if obj is None:
             return None, reason
-        return validate_example(obj, template)
+        values, reason = validate_example(obj, template)
+        languages = [job["language"], job["target_language"]]
+        if values is not None and not script_matches(values, template, languages):
+            return None, "wrong_language"
+        return values, reason
 
 
 def parse_task(text: str, shot_task: str = "") -> tuple[str | None, str | None]:
@@ -167,7 +183,7 @@ def run_recipe(
                 state["completion_tokens"] += completion.completion_tokens
                 state["attempts"][step] = attempt + 1
                 if completion.error:  # the backend already retried the transport
-                    state.update(reason="backend_error", raw=completion.error, failed=True)
+                    state.update(reason=BACKEND_ERROR, raw=completion.error, failed=True)
                     continue
                 text = prompt.prefix + completion.text
                 value, reason = recipe.parse(step, text, state["job"], state["outputs"])
@@ -240,14 +256,61 @@ class ResumableRun:
     resumed: int  # jobs whose results were already in the work folder
 
 
+@dataclass(frozen=True)
+class RaySynth:
+    """Runs a `SynthOperator` as Ray Data `map_batches` on a pool of actors, one backend each.
+
+    The pending jobs go to Ray as blocks of `shard_size` rows; each actor builds its backend
+    once from the operator's config (loads the model, or starts a vLLM engine on its GPUs) and
+    maps whole blocks, so a block is one `generate` call, the same batch the inline driver
+    makes: with greedy decoding the results are identical to `--executor inline`. Result
+    blocks stream back to the driver as they finish, which writes each one as a shard file, so
+    a killed Ray run resumes like a local one (with either executor).
+
+    `address` None starts or joins a local Ray; "auto" or "ray://head:10001" joins a cluster.
+    `gpus_per_actor` is what each actor reserves (vLLM: its tensor-parallel size); with
+    `actors` = the number of GPUs this is vLLM data-parallel across the cluster.
+    """
+
+    address: str | None = None
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+
+    def map(self, op: SynthOperator, jobs: pa.Table, shard_size: int) -> Iterator[pa.Table]:
+        from corpus.executor import RayExecutor
+
+        if op.config is None:
+            raise ValueError("a SynthOperator for Ray needs a backend config, not a backend")
+        ray = RayExecutor(address=self.address)._ray()
+        blocks = [jobs.slice(s, shard_size) for s in range(0, jobs.num_rows, shard_size)]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            SynthOperator,
+            fn_constructor_kwargs={
+                "recipe": op.recipe,
+                "params": op.params,
+                "max_retries": op.max_retries,
+                "config": op.config,
+            },
+            batch_size=None,  # one block, one batch: the inline driver's shard
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(self.actors, len(blocks)))),
+            num_cpus=self.cpus_per_actor,
+            num_gpus=self.gpus_per_actor or None,
+        )
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
 def run_resumable(
     jobs: pa.Table,
-    op: Callable[[pa.Table], pa.Table],
+    op: SynthOperator,
     work_dir: Path,
     shard_size: int,
     on_progress: Callable[[int], None] | None = None,
+    ray: RaySynth | None = None,
 ) -> ResumableRun:
-    """Run `op` over the jobs not yet done in `work_dir`, one shard file per `shard_size` jobs."""
+    """Run `op` over the jobs not yet done in `work_dir`, one shard file per `shard_size` jobs
+    (per finished Ray block with `ray`)."""
     parts = work_dir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     with open(work_dir / "lock", "w") as lock:
@@ -258,27 +321,47 @@ def run_resumable(
                 f"another process is running this same synthesis ({work_dir}); wait for it"
             ) from None
         done = [pq.read_table(p) for p in sorted(parts.glob("part-*.parquet"))]
-        done_ids = pa.array([i for t in done for i in t.column("job_id").to_pylist()], pa.string())
+        # A job the backend could not answer (server down, every retry spent) is redone on a
+        # rerun; a job whose output was judged (valid or rejected) is not.
+        done_ids = pa.array(
+            [
+                job
+                for t in done
+                for job, reason in zip(
+                    t.column("job_id").to_pylist(), t.column("reason").to_pylist(), strict=True
+                )
+                if reason != BACKEND_ERROR
+            ],
+            pa.string(),
+        )
         todo = jobs.filter(pc.invert(pc.is_in(jobs.column("job_id"), value_set=done_ids)))
         resumed = jobs.num_rows - todo.num_rows
         if on_progress and resumed:
             on_progress(resumed)
-        for index, start in enumerate(range(0, todo.num_rows, max(1, shard_size))):
-            chunk = todo.slice(start, shard_size)
-            result = op(chunk)
-            name = f"part-{len(done) + index:05d}-{os.getpid()}.parquet"
+        shard_size = max(1, shard_size)
+        if ray is not None and todo.num_rows:
+            finished = ray.map(op, todo, shard_size)
+        else:
+            finished = (op(todo.slice(s, shard_size)) for s in range(0, todo.num_rows, shard_size))
+        for result in finished:
+            failed = result.column("reason").to_pylist()
+            if result.num_rows and all(r == BACKEND_ERROR for r in failed):
+                raise KalmixError(
+                    f"the backend answered none of the last {result.num_rows} jobs "
+                    f"({result.column('raw')[0].as_py()}): check the server, then run the same "
+                    f"command again to continue ({len(done)} finished shards are kept)"
+                )
+            name = f"part-{len(done):05d}-{os.getpid()}.parquet"
             tmp = parts / f".{name}.tmp"
             pq.write_table(result, tmp)
             os.replace(tmp, parts / name)
             done.append(result)
             if on_progress:
-                on_progress(chunk.num_rows)
+                on_progress(result.num_rows)
     results = pa.concat_tables(done) if done else RESULTS.empty_table()
-    # One result per job, in job order (a job finished twice by racing reruns counts once).
-    first = {}
-    for i, jid in enumerate(results.column("job_id").to_pylist()):
-        first.setdefault(jid, i)
-    order = [first[j] for j in jobs.column("job_id").to_pylist()]
+    # One result per job, in job order: the newest, for a job redone after a backend error.
+    latest = {jid: i for i, jid in enumerate(results.column("job_id").to_pylist())}
+    order = [latest[j] for j in jobs.column("job_id").to_pylist()]
     return ResumableRun(results.take(pa.array(order, pa.int64())), resumed)
 
 

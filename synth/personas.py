@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasketch import MinHash, MinHashLSH
 
 from corpus.operator import OpResult, split_by_mask
 from corpus.schema import UNKNOWN_LANGUAGE, attach_ids
 from synth.prompts import PersonaTemplate
-from synth.validate import normalise
+from synth.validate import CJK, normalise
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:persona|answer|description)\s*:\s*(?:\*\*)?\s*", re.I)
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s")
 
@@ -90,12 +88,18 @@ def _tokens(text: str) -> set[str]:
     """Words, and single characters for CJK (which has no spaces)."""
     out: set[str] = set()
     for word in normalise(text).split():
-        out.update(word if _CJK.search(word) else [word])
+        out.update(word if CJK.search(word) else [word])
     return out
 
 
 def near_duplicates(texts: list[str], threshold: float, num_perm: int = 64) -> list[int | None]:
-    """For each text, the index of an earlier kept text it duplicates, or None if it is kept."""
+    """For each text, the index of an earlier kept text it duplicates, or None if it is kept.
+
+    datasketch is imported here, not at module load: it pulls in scipy (~0.8 s), and every
+    `kalmix` command imports this module through the synth sub-app.
+    """
+    from datasketch import MinHash, MinHashLSH
+
     token_sets = [_tokens(t) for t in texts]
     keys = [" ".join(sorted(s)) for s in token_sets]
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)

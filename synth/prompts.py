@@ -23,7 +23,6 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -63,7 +62,9 @@ def language_name(code: str) -> str:
 
 
 def default_template_dir() -> Path:
-    return Path(str(resources.files("synth").joinpath("templates")))
+    """The bundled templates, next to this file (package data in a wheel; `importlib.resources`
+    fails on a stale editable install that maps `synth` as a namespace package)."""
+    return Path(__file__).resolve().parent / "templates"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ import time
 import uuid
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from corpus.errors import KalmixError
@@ -42,6 +41,7 @@ from synth.backends import (
     Completion,
     Prompt,
     SamplingParams,
+    local_model_name,
     make_backend,
     resolve_local_model,
 )
@@ -117,7 +117,10 @@ def make_handler(
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timed out) and will retry: nothing to answer
 
         def _json(self, status: int, data: dict, headers: dict[str, str] | None = None) -> None:
             self._send(status, json.dumps(data).encode(), headers)
@@ -219,8 +222,7 @@ def serve(
     for fault in [*(fail_first or []), *([fail_always] if fail_always else [])]:
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of: {', '.join(FAULTS)}")
-    folder, gguf = resolve_local_model(model)
-    model_name = Path(gguf).stem if gguf else folder.name
+    model_name = local_model_name(*resolve_local_model(model))
     batcher = Batcher(
         BackendConfig(kind="transformers", model=model, batch_size=max_batch, threads=threads),
         max_batch,

@@ -4,7 +4,8 @@ Small models wrap JSON in prose, break off at the token limit, leave trailing co
 literal newlines in strings, repeat a key, or copy the one-shot example. Extraction takes the
 first JSON object in the text (tolerating control characters and trailing commas); validation
 checks the template's fields (present, text, within length bounds), that paired texts differ,
-and that nothing is the one-shot example copied back. Every failure has a short reason that
+that nothing is the one-shot example copied back, and that a Chinese, Japanese or Korean
+example is written in that script. Every failure has a short reason that
 ends up in the run's stats and in the version's removals: nothing is dropped silently.
 """
 
@@ -19,6 +20,8 @@ from synth.prompts import TaskTemplate
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _VALUE_END = re.compile(r'"\s*,')  # the end of a string value followed by another key
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+CJK_LANGUAGES = ("zh", "ja", "ko")
 
 
 def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -137,3 +140,21 @@ def to_record_fields(values: dict[str, Any], template: TaskTemplate) -> tuple[di
         else:
             record[f.record] = value
     return record, extra
+
+
+def script_matches(values: dict[str, Any], template: TaskTemplate, languages: list[str]) -> bool:
+    """False when a Chinese, Japanese or Korean example has no text in that script.
+
+    A small model often answers in English whatever language it is asked for; kept, such an
+    example would carry a wrong `language`. Scripts shared by many languages (Latin, Cyrillic)
+    are left to language ID (`kalmix langid`).
+    """
+    if not any(code in CJK_LANGUAGES for code in languages):
+        return True
+    texts = [
+        text
+        for f in template.fields
+        if f.record not in ("label", "meta")
+        for text in (values[f.key] if isinstance(values[f.key], list) else [values[f.key]])
+    ]
+    return any(CJK.search(text) for text in texts)

@@ -4,6 +4,10 @@ This is the glue between `synth/` (which never touches the catalog) and the cata
 the input version, plan the jobs, run them resumably in a work folder under
 `runs/synth/<step>-<key>/` (key = hash of everything that decides the outputs), turn the
 results into records, and register them as new versions with lineage to the input.
+Generation runs in this process or, with `--executor ray`, on Ray Data actors (one backend
+each; see docs/scaling-synthesis.md); everything else stays on this driver. The heavy
+libraries (torch, transformers, datasketch, requests, ray) are imported only when a command
+runs, so that every `kalmix` invocation starts fast.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from corpus.errors import KalmixError
 from corpus.operator import OpResult
 from corpus.writer import write_table
 from kalmix.pipeline import StepReport
-from synth.backends import BACKENDS, Backend, BackendConfig, SamplingParams, make_backend
+from synth.backends import BACKENDS, BackendConfig, SamplingParams, make_backend, model_name
 from synth.generate import (
     ExampleRecipe,
     PersonaRecipe,
+    RaySynth,
+    Recipe,
     SynthOperator,
     examples_to_records,
     plan_examples,
@@ -49,18 +55,38 @@ RETRIEVAL_FORMS = ("short-long", "long-short", "short-short", "long-long")
 DEFAULT_SHARD = {"transformers": 32, "openai": 128, "vllm": 1024}
 
 
+SYNTH_EXECUTORS = ("inline", "ray")
+
+
 @dataclass(frozen=True)
 class SynthSettings:
-    """How to run the LLM: the backend, sampling, retries and the shard size for resuming."""
+    """How to run the LLM: the backend, sampling, retries, the shard size for resuming, and
+    where generation runs (`ray` set: Ray Data actors, else this process)."""
 
     backend: BackendConfig
     params: SamplingParams
     max_retries: int = 2
     shard_size: int | None = None
+    ray: RaySynth | None = None
+
+    @property
+    def executor(self) -> str:
+        return "inline" if self.ray is None else "ray"
 
     @property
     def shard(self) -> int:
         return self.shard_size or DEFAULT_SHARD.get(self.backend.kind, 64)
+
+    def operator(self, recipe: Recipe) -> tuple[SynthOperator, str]:
+        """The operator and the model name. Inline, the backend is built (and checked) here;
+        under Ray only its name is resolved and each actor builds its own, so the driver never
+        loads the model (nor needs vLLM or a GPU)."""
+        if self.ray is not None:
+            op = SynthOperator(recipe, self.params, self.max_retries, config=self.backend)
+            return op, model_name(self.backend)
+        backend = make_backend(self.backend)
+        op = SynthOperator(recipe, self.params, self.max_retries, backend, self.backend)
+        return op, backend.model_name
 
 
 def _work_dir(cat: Catalog, step: str, key_params: dict[str, Any]) -> Path:
@@ -75,7 +101,9 @@ def _run(
 ):
     with progress(transient=True) as bar:
         task = bar.add_task(label, total=jobs.num_rows, visible=show)
-        return run_resumable(jobs, op, work, settings.shard, lambda n: bar.advance(task, n))
+        return run_resumable(
+            jobs, op, work, settings.shard, lambda n: bar.advance(task, n), settings.ray
+        )
 
 
 def _check_target(cat: Catalog, name: str, category: str, task_type: str) -> None:
@@ -145,10 +173,10 @@ def _already(work: Path, operation: str, source: str, refs: list[str]) -> StepRe
     return report
 
 
-def _settings_params(settings: SynthSettings, backend: Backend) -> dict[str, Any]:
+def _settings_params(settings: SynthSettings, model: str) -> dict[str, Any]:
     return {
         "backend": settings.backend.kind,
-        "model": backend.model_name,
+        "model": model,
         "sampling": settings.params.as_dict(),
         "max_retries": settings.max_retries,
     }
@@ -178,25 +206,25 @@ def run_personas(
     jobs = sample_passages(table, n, seed, str(source.ref))
     if jobs.num_rows == 0:
         raise KalmixError(f"{source.ref} has no passage of 20+ characters to infer personas from")
-    backend = make_backend(settings.backend)
+    op, model = settings.operator(PersonaRecipe(template))
     key = {
         "step": "personas",
+        "name": name,
         "source": str(source.ref),
         "content_hash": source.content_hash,
         "n": n,
         "seed": seed,
         "template_hash": template.hash,
-        **_settings_params(settings, backend),
+        **_settings_params(settings, model),
     }
     work = _work_dir(cat, "personas", key)
     if refs := _registered(cat, work):
         return _already(work, "synth personas", str(source.ref), refs)
-    op = SynthOperator(PersonaRecipe(template), settings.params, settings.max_retries, backend)
     run = _run(jobs, op, work, settings, f"personas from {source.ref}", show_progress)
     meta = {
         "source_dataset": str(source.ref),
-        "model": backend.model_name,
-        "backend": backend.kind,
+        "model": model,
+        "backend": settings.backend.kind,
         "template": "persona",
         "template_hash": template.hash,
         "sampling": settings.params.as_dict(),
@@ -206,9 +234,9 @@ def run_personas(
     stats["seconds"] = round(time.perf_counter() - start, 2)
     params = {
         **key,
-        "name": name,
         "dedup_threshold": dedup_threshold,
         "backend_config": settings.backend.public(),
+        "executor": settings.executor,
     }
     refs = _commit(
         cat, [(name, "persona", "retrieval", result)], source, "synth-personas", params, stats
@@ -267,9 +295,10 @@ def run_generate(
     if persona_table.num_rows == 0:
         raise KalmixError(f"{source.ref} holds no personas")
     jobs = plan_examples(persona_table, list(loaded), per_persona, languages, forms)
-    backend = make_backend(settings.backend)
+    op, model = settings.operator(ExampleRecipe(loaded))
     key = {
         "step": "generate",
+        "name": name,
         "source": str(source.ref),
         "content_hash": source.content_hash,
         "task_types": list(loaded),
@@ -277,23 +306,22 @@ def run_generate(
         "languages": languages,
         "retrieval_forms": list(retrieval_forms),
         "template_hashes": {t: tpl.hash for t, tpl in loaded.items()},
-        **_settings_params(settings, backend),
+        **_settings_params(settings, model),
     }
     work = _work_dir(cat, "generate", key)
     if refs := _registered(cat, work):
         return _already(work, "synth generate", str(source.ref), refs)
-    op = SynthOperator(ExampleRecipe(loaded), settings.params, settings.max_retries, backend)
     run = _run(jobs, op, work, settings, f"examples from {source.ref}", show_progress)
     meta = {
-        "model": backend.model_name,
-        "backend": backend.kind,
+        "model": model,
+        "backend": settings.backend.kind,
         "sampling": settings.params.as_dict(),
         "personas": str(source.ref),
     }
     results = examples_to_records(jobs, run.results, loaded, meta)
     stats = {**summarize(run.results), "resumed_jobs": run.resumed}
     stats["seconds"] = round(time.perf_counter() - start, 2)
-    params = {**key, "name": name, "backend_config": settings.backend.public()}
+    params = {**key, "backend_config": settings.backend.public(), "executor": settings.executor}
     parts = [(names[t], loaded[t].category, loaded[t].task_type, results[t]) for t in loaded]
     # Each version's stats are its task type's; the whole run's totals sit under "run".
     run_stats = {"run": stats, "resumed_jobs": run.resumed, "seconds": stats["seconds"]}
@@ -369,6 +397,22 @@ SHARD = typer.Option(
 TEMPLATES = typer.Option(
     None, "--templates", help="Folder of template .toml files (default: the bundled ones)."
 )
+EXECUTOR = typer.Option(
+    "inline",
+    "--executor",
+    help="inline: generate in this process; ray: Ray Data map_batches on a pool of actors, "
+    "one backend each (see docs/scaling-synthesis.md).",
+)
+ADDRESS = typer.Option(
+    None, "--address", help="ray: cluster address (auto, ray://head:10001); default: local Ray."
+)
+ACTORS = typer.Option(1, "--ray-actors", help="ray: actors, e.g. one per GPU for vLLM.")
+GPUS = typer.Option(
+    None,
+    "--gpus-per-actor",
+    help="ray: GPUs each actor reserves (default: vllm its --tensor-parallel-size, else 0).",
+)
+TP = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs per engine.")
 
 
 def _settings(
@@ -387,9 +431,21 @@ def _settings(
     seed: int,
     max_retries: int,
     shard_size: int | None,
+    executor: str,
+    address: str | None,
+    ray_actors: int,
+    gpus_per_actor: float | None,
+    tensor_parallel_size: int,
 ) -> SynthSettings:
     if backend not in BACKENDS:
         raise KalmixError(f"unknown --backend {backend!r}; one of: {', '.join(BACKENDS)}")
+    if executor not in SYNTH_EXECUTORS:
+        raise KalmixError(f"unknown --executor {executor!r}; one of: {', '.join(SYNTH_EXECUTORS)}")
+    if ray_actors < 1:
+        raise KalmixError("--ray-actors must be at least 1")
+    if gpus_per_actor is None:
+        gpus_per_actor = float(tensor_parallel_size) if backend == "vllm" else 0.0
+    ray = RaySynth(address, ray_actors, gpus_per_actor) if executor == "ray" else None
     return SynthSettings(
         BackendConfig(
             kind=backend,
@@ -401,10 +457,12 @@ def _settings(
             timeout_s=timeout,
             threads=threads,
             prefill=not no_prefill,
+            tensor_parallel_size=tensor_parallel_size,
         ),
         SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
         max_retries=max_retries,
         shard_size=shard_size,
+        ray=ray,
     )
 
 
@@ -449,6 +507,11 @@ def personas(
     no_prefill: bool = NO_PREFILL,
     shard_size: int = SHARD,
     templates: Path = TEMPLATES,
+    executor: str = EXECUTOR,
+    address: str = ADDRESS,
+    ray_actors: int = ACTORS,
+    gpus_per_actor: float = GPUS,
+    tensor_parallel_size: int = TP,
 ) -> None:
     """Infer personas ("who would read or write this?") from sampled corpus passages.
 
@@ -460,7 +523,8 @@ def personas(
     """
     settings = _settings(
         backend, model, base_url, api_key, batch_size, concurrency, timeout, threads, no_prefill,
-        max_tokens, temperature, top_p, seed, max_retries, shard_size,
+        max_tokens, temperature, top_p, seed, max_retries, shard_size, executor, address,
+        ray_actors, gpus_per_actor, tensor_parallel_size,
     )  # fmt: skip
     report = run_personas(
         Workspace.resolve().catalog(),
@@ -510,6 +574,11 @@ def generate(
     no_prefill: bool = NO_PREFILL,
     shard_size: int = SHARD,
     templates: Path = TEMPLATES,
+    executor: str = EXECUTOR,
+    address: str = ADDRESS,
+    ray_actors: int = ACTORS,
+    gpus_per_actor: float = GPUS,
+    tensor_parallel_size: int = TP,
 ) -> None:
     """Write training examples: persona -> task description -> one JSON example per job.
 
@@ -522,7 +591,8 @@ def generate(
     """
     settings = _settings(
         backend, model, base_url, api_key, batch_size, concurrency, timeout, threads, no_prefill,
-        max_tokens, temperature, top_p, seed, max_retries, shard_size,
+        max_tokens, temperature, top_p, seed, max_retries, shard_size, executor, address,
+        ray_actors, gpus_per_actor, tensor_parallel_size,
     )  # fmt: skip
     available = task_types_available(templates)
     types = [t.strip() for t in task_types.split(",") if t.strip()]

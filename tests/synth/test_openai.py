@@ -3,14 +3,28 @@ SmolLM2 after injected faults, and model-less ones that always fail or stall."""
 
 from __future__ import annotations
 
+import socket
+
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from corpus.errors import KalmixError
 from synth.backends import BackendConfig, OpenAIBackend, Prompt, SamplingParams
-from synth.generate import ExampleRecipe, SynthOperator, plan_examples, summarize
+from synth.generate import (
+    RESULTS,
+    ExampleRecipe,
+    SynthOperator,
+    plan_examples,
+    run_resumable,
+    summarize,
+)
 from synth.prompts import load_task_template
 from tests.synth.conftest import PERSONAS, start_server
+
+# The server loads the model on its first request: on a busy machine that alone can outlast the
+# default timeout, and a timed-out request is retried, which would change the counts below.
+PATIENT = {"timeout_s": 900.0}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +45,9 @@ def _server(*args):
 
 def test_retries_through_5xx_429_and_malformed_bodies(faulty_then_ok):
     backend = OpenAIBackend(
-        BackendConfig(kind="openai", base_url=faulty_then_ok, concurrency=3, backoff_s=0.01)
+        BackendConfig(
+            kind="openai", base_url=faulty_then_ok, concurrency=3, backoff_s=0.01, **PATIENT
+        )
     )
     assert backend.model_name == "SmolLM2-135M-Instruct.Q4_1"  # from GET /v1/models
     prompts = [
@@ -47,7 +63,7 @@ def test_retries_through_5xx_429_and_malformed_bodies(faulty_then_ok):
     assert not done[1].text.startswith('{"name": "')  # the prefix is not echoed back
 
 
-def test_exhausted_retries_are_rejections_not_losses():
+def test_exhausted_retries_are_rejections_not_losses(tmp_path):
     proc, url = _server("--fail-always", "500")
     try:
         backend = OpenAIBackend(
@@ -68,6 +84,10 @@ def test_exhausted_retries_are_rejections_not_losses():
         assert stats["rejected_by_reason"] == {"backend_error": 2}
         assert stats["requests"] == 2 * 3  # 1 try + 2 transport retries, no parse retries
         assert set(results.column("raw").to_pylist()) == {"http 500"}
+        # In a resumable run a shard the backend answered not at all stops the run, unsaved.
+        with pytest.raises(KalmixError, match=r"answered none of the last 2 jobs \(http 500\)"):
+            run_resumable(jobs, op, tmp_path, shard_size=2)
+        assert not list((tmp_path / "parts").iterdir())
         with pytest.raises(KalmixError, match="HTTP 404"):
             OpenAIBackend(
                 BackendConfig(kind="openai", base_url=url + "/nope", model="m", max_retries=0)
@@ -93,3 +113,53 @@ def test_timeouts_are_retried_then_reported():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_backend_errors_are_redone_on_resume(faulty_then_ok, tmp_path):
+    """A job saved as a backend error (the server was down) is generated again by a rerun."""
+    backend = OpenAIBackend(
+        BackendConfig(
+            kind="openai", base_url=faulty_then_ok, concurrency=2, backoff_s=0.01, **PATIENT
+        )
+    )
+    jobs = plan_examples(pa.table({"id": ["p1"], "query": PERSONAS[:1]}), ["sts"], 2, ["en"], {})
+    op = SynthOperator(
+        ExampleRecipe({"sts": load_task_template("sts")}),
+        SamplingParams(temperature=0.0, max_tokens=8),
+        max_retries=0,
+        backend=backend,
+    )
+    ids = jobs.column("job_id").to_pylist()
+    saved = [
+        {
+            "job_id": ids[0],
+            "ok": False,
+            "reason": "backend_error",
+            "raw": "transport: ConnectionError",
+        },
+        {"job_id": ids[1], "ok": False, "reason": "example:no_json", "raw": "no braces"},
+    ]
+    (tmp_path / "parts").mkdir()
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{**r, "outputs": "{}", "attempts": "{}", "requests": 1} for r in saved],
+            schema=RESULTS,
+        ),
+        tmp_path / "parts" / "part-00000-1.parquet",
+    )
+    run = run_resumable(jobs, op, tmp_path, shard_size=2)
+    assert run.resumed == 1  # the judged job is kept; the unanswered one is redone
+    first, second = run.results.to_pylist()
+    assert first["reason"] != "backend_error" and first["requests"] >= 4  # after 3 faults
+    assert second["reason"] == "example:no_json"
+    assert len(list((tmp_path / "parts").glob("part-*.parquet"))) == 2
+
+
+def test_unreachable_server_fails_at_once():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once the socket is closed
+    with pytest.raises(KalmixError, match=r"cannot reach the server .*-m synth.server"):
+        OpenAIBackend(
+            BackendConfig(kind="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m")
+        )

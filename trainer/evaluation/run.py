@@ -37,7 +37,14 @@ from corpus.console import progress
 from corpus.errors import KalmixError
 from corpus.schema import suggest
 from filters.embedder import check_model_dir, default_model_path
-from trainer.evaluation.suite import hub_offline, official_task, plan
+from trainer.evaluation.suite import (
+    NotCached,
+    cache_howto,
+    hf_cache_dir,
+    hub_offline,
+    official_task,
+    plan,
+)
 from trainer.evaluation.tasks import LoadOptions, eval_data_dir, kalmix_task_type
 
 MODELS_FOLDER = "_models"  # under runs/: evaluations of model folders that are not runs
@@ -215,6 +222,7 @@ def evaluate(
     with hub_offline(), _quiet(), progress() as bar:
         loading = bar.add_task("loading data and model", total=len(todo.tasks) + 1)
         loaded = []
+        uncached = []
         for planned in todo.tasks:
             bar.update(loading, description=f"loading {planned.name}")
             try:
@@ -222,14 +230,20 @@ def evaluate(
                     task = planned.local.make(data_dir, options)
                 else:
                     task = official_task(planned.name, config.subsets)
+            except NotCached as err:
+                if todo.strict:
+                    raise
+                uncached.append(planned.name)
+                notes.append(f"skipped {planned.name}: {err.dataset} is not in the HF cache")
             except KalmixError as err:
                 if todo.strict:
                     raise
                 notes.append(f"skipped {planned.name}: {err}")
-                bar.advance(loading)
-                continue
-            loaded.append((planned, task))
+            else:
+                loaded.append((planned, task))
             bar.advance(loading)
+        if uncached:
+            notes.append(f"HF cache {hf_cache_dir()}: {cache_howto(uncached)}")
         if not loaded:
             raise KalmixError("no task could run: " + "; ".join(notes))
         bar.update(loading, description="loading the model")

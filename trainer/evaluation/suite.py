@@ -68,15 +68,16 @@ class Plan:
 
 @functools.cache
 def _mteb_names() -> tuple[str, ...]:
-    import mteb
+    """Every task name mteb knows, superseded, private and beta ones included. Read from the
+    task classes: instantiating them (`mteb.get_tasks`) prints a warning per beta task."""
+    from mteb.get_tasks import TASK_LIST
 
-    every = mteb.get_tasks(exclude_superseded=False, exclude_private=False, exclude_beta=False)
-    return tuple(t.metadata.name for t in every)
+    return tuple(cls.metadata.name for cls in TASK_LIST)
 
 
 def unknown_task(name: str, pool: Sequence[str] | None = None) -> KalmixError:
     """An error for an unknown task name, with the closest local and mteb names."""
-    names = list(pool) if pool is not None else [*LOCAL_BY_NAME, *_mteb_names()]
+    names = list(dict.fromkeys(pool if pool is not None else [*LOCAL_BY_NAME, *_mteb_names()]))
     close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return KalmixError(f"unknown task {name!r}{hint} (list them with: kalmix eval list-tasks)")
@@ -149,11 +150,40 @@ def hub_offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
+class NotCached(KalmixError):
+    """An official task whose dataset is not in the local Hugging Face cache."""
+
+    def __init__(self, task: str, dataset: str, revision: str) -> None:
+        self.task, self.dataset = task, dataset
+        super().__init__(
+            f"{task}: dataset {dataset} (revision {revision[:12]}) is not in the local Hugging "
+            f"Face cache ({hf_cache_dir()}); {cache_howto([task])}"
+        )
+
+
+def hf_cache_dir() -> str:
+    """The `datasets` cache folder official tasks load from (HF_HOME / HF_DATASETS_CACHE)."""
+    import datasets.config
+
+    return str(datasets.config.HF_DATASETS_CACHE)
+
+
+def cache_howto(names: Sequence[str]) -> str:
+    """How to put the datasets of `names` in the cache of this offline machine."""
+    listed = ", ".join(f"'{n}'" for n in names)
+    which = "it" if len(names) == 1 else "them"
+    return (
+        f"to cache {which}, on a machine with internet and the same mteb version run: HF_HOME=DIR "
+        f'python -c "import mteb; [t.load_data() for t in mteb.get_tasks(tasks=[{listed}])]", '
+        "then copy DIR here and set HF_HOME=DIR (see docs/evaluation.md)"
+    )
+
+
 def official_task(name: str, subsets: Sequence[str] | None = None) -> Any:
     """An mteb task by name with its data loaded from the local Hugging Face cache.
 
-    Call inside `hub_offline()`. A dataset that is not cached raises a `KalmixError` naming it
-    and saying how to put it in the cache.
+    Call inside `hub_offline()`. A dataset that is not cached raises `NotCached`, which names
+    it and says how to put it in the cache.
     """
     import mteb
 
@@ -171,15 +201,9 @@ def official_task(name: str, subsets: Sequence[str] | None = None) -> Any:
         task.hf_subsets = keep
     try:
         task.load_data()
-    except (ConnectionError, FileNotFoundError) as err:  # offline hub: not in the cache
+    except (ConnectionError, FileNotFoundError):  # offline hub: not in the cache
         dataset = task.metadata.dataset
-        raise KalmixError(
-            f"{name}: dataset {dataset['path']} (revision {dataset['revision'][:12]}) is not in "
-            f"the local Hugging Face cache ({type(err).__name__}). On a machine with internet, "
-            f"run: HF_HOME=DIR python -c \"import mteb; mteb.get_task('{name}').load_data()\", "
-            "then copy DIR here and set HF_HOME=DIR (or copy its contents to "
-            "~/.cache/huggingface)"
-        ) from None
+        raise NotCached(name, dataset["path"], dataset["revision"]) from None
     return task
 
 

@@ -6,17 +6,19 @@ tokens (the sample texts are shorter), 16 texts per forward pass, fp32. The base
 `SentenceTransformerTrainer` with `CachedMultipleNegativesRankingLoss(mini_batch_size=16,
 scale=1/0.01)` on exactly the pairs our sampler serves (the same texts, the same tokens).
 
-Each trainer runs in its own fresh process, alternately, `ROUNDS` times; the figure is the best
+Each trainer runs in its own fresh process, alternately, `--rounds` times; the figure is the best
 round (the machine is shared, so the best round is the least disturbed one). Throughput is
 pairs per second of the training loop only: model loading and export are left out on both
 sides (ours: the sum of step times in metrics.jsonl; theirs: `train_runtime`).
 
-Run: .venv/bin/python benchmarks/train_cpu.py
+Run: .venv/bin/python benchmarks/train_cpu.py [--steps 6] [--rounds 2]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import run_child, write_results  # noqa: E402
 
-STEPS, BATCH, CHUNK, MAX_LENGTH, ROUNDS = 6, 32, 16, 128, 2
+BATCH, CHUNK, MAX_LENGTH = 32, 16, 128
 
 PREPARE = """
 import json, sys
@@ -92,10 +94,15 @@ print("RESULT", json.dumps({"seconds": out.metrics["train_runtime"], "steps": ou
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best is kept")
+    args = parser.parse_args()
+    steps, rounds = args.steps, args.rounds
     cfg = {
         "batch_size": BATCH,
         "chunk_size": CHUNK,
-        "max_steps": STEPS,
+        "max_steps": steps,
         "max_length": MAX_LENGTH,
         "negatives_per_query": 0,
         "lr": 1e-5,
@@ -104,27 +111,31 @@ def main() -> None:
         "seed": 7,
         "checkpoint_every": 10_000,
     }
+    load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     _, _, rows = run_child(PREPARE, str(root), json.dumps(cfg))
     ours, theirs = [], []
-    for r in range(ROUNDS):
+    for r in range(rounds):
         for label, code, sink in (("st", THEIRS, theirs), ("kalmix", OURS, ours)):
             seconds, peak, out = run_child(code, str(root), json.dumps(cfg), f"round{r}")
             result = json.loads(out.rsplit("RESULT ", 1)[1])
-            assert result["steps"] == STEPS, result
-            result["samples_per_s"] = STEPS * BATCH / result["seconds"]
+            assert result["steps"] == steps, result
+            result["samples_per_s"] = steps * BATCH / result["seconds"]
             result["peak_mib"] = peak
             sink.append(result)
             print(f"round {r} {label}: {result['samples_per_s']:.2f} pairs/s, peak {peak:.0f} MiB")
     best_ours = max(x["samples_per_s"] for x in ours)
     best_theirs = max(x["samples_per_s"] for x in theirs)
     speedup = best_ours / best_theirs
+    load = {"before": load_before, "after": os.getloadavg()}
     table = (
-        f"all-MiniLM-L6-v2, fp32 CPU, {STEPS} steps x {BATCH} pairs ({int(rows.strip())} usable "
-        f"pairs), {MAX_LENGTH} tokens, {CHUNK} texts per forward, best of {ROUNDS} rounds\n\n"
+        f"all-MiniLM-L6-v2, fp32 CPU, {steps} steps x {BATCH} pairs ({int(rows.strip())} usable "
+        f"pairs), {MAX_LENGTH} tokens, {CHUNK} texts per forward, best of {rounds} rounds\n\n"
         "| trainer | pairs/s | vs baseline |\n|---|---|---|\n"
         f"| sentence-transformers 6 trainer + CachedMNRL (baseline) | {best_theirs:.2f} | 1.00x |\n"
-        f"| kalmix train | {best_ours:.2f} | {speedup:.2f}x |\n"
+        f"| kalmix train | {best_ours:.2f} | {speedup:.2f}x |\n\n"
+        f"Machine shared with other work: load average {load['before'][0]:.1f} before, "
+        f"{load['after'][0]:.1f} after (2 cores); both trainers ran alternately under it.\n"
     )
     write_results(
         "train_cpu",
@@ -134,6 +145,7 @@ def main() -> None:
             "pairs_per_s": {"kalmix": best_ours, "sentence_transformers": best_theirs},
             "speedup": speedup,
             "target": 1.0,
+            "load_average": load,
         },
         table,
     )

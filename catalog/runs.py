@@ -3,8 +3,9 @@
 A row is created when a run starts (status `running`) with everything needed to reproduce it:
 the mixture version, the base model, the full training config, the git commit of the code and
 the folder (relative to the workspace) that holds its checkpoints, metrics and exported model.
+A multi-stage run's row holds its last stage's mixture; `config.stages` lists every stage.
 While it trains, `summary` is refreshed at every checkpoint so a dashboard can follow it; at the
-end the status becomes `completed`, `failed` (with the error) or `interrupted` (Ctrl-C), with
+end the status becomes `completed`, `failed` (with the error) or `interrupted` (Ctrl-C, or SIGTERM after a checkpoint), with
 `finished_at`. A resumed run goes back to `running` in the same row.
 
 Every write is one short transaction through `Catalog.write()`: a dashboard reading the catalog
@@ -132,15 +133,18 @@ def create_run(
     cat: Catalog,
     name: str,
     *,
-    mixture: str,
-    mixture_version: int,
+    mixture: str | None,
+    mixture_version: int | None,
     base_model: str,
     config: dict[str, Any],
     git_commit: str | None,
     pid: int,
     kind: str = "train",
 ) -> RunInfo:
-    """Insert a `running` row; a name already used is an error (resume it or pick another)."""
+    """Insert a `running` row; a name already used is an error (resume it or pick another).
+
+    A soup (kind `soup`) has no mixture of its own: its config names its parts.
+    """
     path = run_dir(cat, name).relative_to(cat.workspace.root)
     with cat.write() as con:
         existing = fetch_one(con, "SELECT status FROM runs WHERE name = ?", [name])

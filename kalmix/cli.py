@@ -18,6 +18,7 @@ from corpus.errors import KalmixError
 from dashboard.cli import dashboard as dashboard_command
 from kalmix.commands.embed import mount as mount_embedding_commands
 from kalmix.commands.synth import app as synth_app
+from trainer.cli import soup as soup_command
 from trainer.cli import train as train_command
 from trainer.cli_eval import app as eval_app
 
@@ -33,6 +34,7 @@ app.add_typer(mix_app, name="mix")
 app.add_typer(eval_app, name="eval")
 app.command("dashboard")(dashboard_command)
 app.command("train")(train_command)
+app.command("soup")(soup_command)
 mount_embedding_commands(app)  # filter consistency, mine, semdedup
 from kalmix.commands import clean  # noqa: E402
 

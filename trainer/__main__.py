@@ -2,7 +2,8 @@
 
     torchrun --nproc-per-node 8 -m trainer mix@v1 --out-run big --base models/Qwen2-0.5B
 
-Every process runs this; each reads its rank from torchrun's environment.
+Every process runs this; each reads its rank from torchrun's environment. Single-node and
+multi-node commands, checked on CPU with gloo: docs/scaling-training.md.
 """
 
 import sys

@@ -43,8 +43,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def step_name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
 def staging_path(run_path: Path, step: int) -> Path:
-    return checkpoints_dir(run_path) / f".{PREFIX}{step:06d}.staging"
+    return checkpoints_dir(run_path) / f".{step_name(step)}.staging"
 
 
 def save_rng(run_path: Path, step: int, rank: int) -> None:
@@ -74,7 +78,7 @@ def save_checkpoint(
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     torch.save(scheduler.state_dict(), folder / "scheduler.pt")
     (folder / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    final = checkpoints_dir(run_path) / f"{PREFIX}{step:06d}"
+    final = checkpoints_dir(run_path) / step_name(step)
     if final.exists():
         shutil.rmtree(final)
     os.rename(folder, final)

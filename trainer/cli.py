@@ -16,7 +16,8 @@ from corpus.errors import KalmixError
 
 def train(
     mixture: str = typer.Argument(
-        None, help="Mixture version to train on, NAME@vN (optional with --resume)."
+        None,
+        help="Mixture version NAME@vN (optional with --resume; none when the config has stages).",
     ),
     out_run: str = typer.Option(
         ..., "--out-run", help="Run name: checkpoints, metrics and model go to runs/NAME/."
@@ -62,6 +63,23 @@ def train(
     compile_model: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the model (GPU)."
     ),
+    focal_gamma: float = typer.Option(
+        None, "--focal-gamma", help="Focal reweighting (1 - p_pos)^gamma (default 0 = off)."
+    ),
+    mix_negatives: int = typer.Option(
+        None, "--mix-negatives", help="Synthetic mixed hard negatives per query (default 0)."
+    ),
+    distill_weight: float = typer.Option(
+        None,
+        "--distill-weight",
+        help="Weight of the KL to the teacher scores of `kalmix mine --teacher` (default 0).",
+    ),
+    matryoshka_dims: str = typer.Option(
+        None,
+        "--matryoshka-dims",
+        help="Comma-separated truncated dims for the loss, largest first, e.g. 384,256,128,64 "
+        "(KaLM: 896,512,256,128,64 weighted 1,.3,.2,.1,.1; weights in --config).",
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue run --out-run from its last checkpoint."
     ),
@@ -72,7 +90,10 @@ def train(
     """Train an embedding model on a mixture version with InfoNCE, then export it.
 
     Semi-homogeneous batches, instructions on the query side, in-batch and hard negatives,
-    false-negative masking, GradCache for large batches, checkpoints every N steps. Under
+    false-negative masking, GradCache for large batches, checkpoints every N steps; KaLM-V2
+    techniques (focal reweighting, hard-negative mixing, distillation, Matryoshka, a stages
+    list for multi-stage training) are switches in --config (see trainer/config.py). SIGTERM stops after the
+    current step with a checkpoint (status interrupted; continue with --resume). Under
     `torchrun --nproc-per-node N -m trainer MIXTURE ...` the same command trains data-parallel
     with negatives shared across processes. The model is exported as a sentence-transformers
     folder in runs/NAME/model/.
@@ -96,6 +117,10 @@ def train(
         "seed": seed,
         "gradient_checkpointing": gradient_checkpointing,
         "compile": compile_model,
+        "focal_gamma": focal_gamma,
+        "mix_negatives": mix_negatives,
+        "distill_weight": distill_weight,
+        "matryoshka_dims": _ints(matryoshka_dims, "--matryoshka-dims"),
     }
     ws = Workspace.resolve(workspace)
     if resume:
@@ -106,12 +131,48 @@ def train(
             )
         run_training(ws, run_name=out_run, mixture=mixture, resume=True)
         return
-    if not mixture:
-        raise KalmixError("name the mixture version to train on, e.g. kalmix train mix@v1 ...")
     cfg = (TrainConfig.from_toml(config) if config else TrainConfig()).override(**settings)
     if epochs is not None and max_steps is None:  # --epochs wins over max_steps from the file
         cfg = replace(cfg, max_steps=None)
     run_training(ws, run_name=out_run, mixture=mixture, cfg=cfg)
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise KalmixError(f"{option} takes comma-separated integers, e.g. 384,256,128") from None
+
+
+def soup(
+    parts: list[str] = typer.Argument(..., help="Completed runs of the same architecture."),
+    out_run: str = typer.Option(..., "--out-run", help="Name of the soup's run."),
+    weights: str = typer.Option(
+        None, "--weights", help="Comma-separated weights, one per run (normalised; default equal)."
+    ),
+    workspace: Path = typer.Option(
+        None, "--workspace", "-w", envvar="KALMIX_HOME", help="Workspace folder."
+    ),
+) -> None:
+    """Average the parameters of runs of one architecture into a new model (model soup).
+
+    The soup is exported as a sentence-transformers folder in runs/NAME/model/ and registered as
+    a run of kind `soup` whose config names its parts and weights. Runs of different base
+    models are refused.
+
+    Example: kalmix soup minilm-a minilm-b --weights 0.6,0.4 --out-run minilm-soup
+    """
+    from trainer.soup import soup as make_soup
+
+    values = None
+    if weights is not None:
+        try:
+            values = [float(x) for x in weights.split(",")]
+        except ValueError:
+            raise KalmixError("--weights takes comma-separated numbers, e.g. 0.6,0.4") from None
+    make_soup(Workspace.resolve(workspace), list(parts), out_run=out_run, weights=values)
 
 
 app = typer.Typer(

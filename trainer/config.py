@@ -11,9 +11,28 @@ The issue's CLI example uses `--temperature 0.02`; we keep the recipe's 0.01 as 
     temperature = 0.02
     negatives_per_query = 3
 
-Techniques added later (focal reweighting, hard-negative mixing, distillation, Matryoshka,
-multi-stage, soup) add their own fields here with defaults that switch them off, and their own
-terms in `trainer/loss.py`; nothing else in the loop needs to change.
+KaLM-V2 techniques are switches here, each off by default except example-based labelling
+(without it classification/clustering data has no positives at all); `benchmarks/ablations.py`
+measures each one:
+
+    focal_gamma = 2.0            # focal reweighting (1 - p_pos)^gamma; 0 = off
+    mix_negatives = 4            # online hard-negative mixing: synthetic negatives per query
+    distill_weight = 1.0         # KL to the teacher scores stored by `kalmix mine --teacher`
+    matryoshka_dims = [384, 256, 128, 64]
+    matryoshka_weights = [1.0, 0.3, 0.2, 0.1]
+    labelled_examples = true     # example-based labelling of classification/clustering data
+
+Multi-stage training is a list of stages, each with its own mixture and any settings above
+(the top-level settings are every stage's defaults); one run row records them all:
+
+    [[stages]]
+    mixture = "weak@v1"
+    max_steps = 2000
+    lr = 5e-5
+    [[stages]]
+    mixture = "curated@v1"
+    negatives_per_query = 7
+    distill_weight = 1.0
 """
 
 from __future__ import annotations
@@ -60,6 +79,18 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 1
+    # KaLM-V2 techniques (trainer/loss.py, trainer/data.py)
+    focal_gamma: float = 0.0  # per-query weight (1 - p_pos)^gamma on InfoNCE; 0 = off
+    mix_negatives: int = 0  # synthetic negatives per query from interpolated embeddings; 0 = off
+    mix_hardest: int = 4  # mix among the query's this many hardest negatives
+    mix_positive_share: float = 0.5  # share of synthetic negatives mixed from the positive
+    mix_range: tuple[float, float] = (0.0, 0.5)  # weight of the positive / first negative
+    distill_weight: float = 0.0  # weight of the KL to meta teacher_scores; 0 = off
+    distill_temperature: float = 0.05  # temperature of both score distributions in the KL
+    labelled_examples: bool = True  # classification/clustering: positive = same-class example
+    matryoshka_dims: tuple[int, ...] = ()  # loss over these truncated dims; () = full dim only
+    matryoshka_weights: tuple[float, ...] = ()  # one per dim; () = all 1
+    stages: tuple[dict[str, Any], ...] = ()  # multi-stage: [{mixture = "a@v1", ...}, ...]
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -80,6 +111,26 @@ class TrainConfig:
                 "{instruction}" in self.instruction_template,
                 "instruction_template needs {instruction}",
             ),
+            (self.focal_gamma >= 0, "focal_gamma must be >= 0"),
+            (self.mix_negatives >= 0, "mix_negatives must be >= 0"),
+            (self.mix_hardest >= 2, "mix_hardest must be at least 2"),
+            (0 <= self.mix_positive_share <= 1, "mix_positive_share must be in [0, 1]"),
+            (
+                len(self.mix_range) == 2 and 0 <= self.mix_range[0] <= self.mix_range[1] <= 1,
+                "mix_range must be [low, high] with 0 <= low <= high <= 1",
+            ),
+            (self.distill_weight >= 0, "distill_weight must be >= 0"),
+            (self.distill_temperature > 0, "distill_temperature must be positive"),
+            (all(d >= 1 for d in self.matryoshka_dims), "matryoshka_dims must be positive"),
+            (
+                list(self.matryoshka_dims) == sorted(set(self.matryoshka_dims), reverse=True),
+                "matryoshka_dims must be distinct and in decreasing order",
+            ),
+            (
+                not self.matryoshka_weights
+                or len(self.matryoshka_weights) == len(self.matryoshka_dims),
+                "matryoshka_weights needs one weight per matryoshka_dims entry",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -93,6 +144,46 @@ class TrainConfig:
                 raise KalmixError(f"bad training config: {name} {value!r}; one of {allowed}")
         return self
 
+    @property
+    def dim_weights(self) -> list[tuple[int | None, float]]:
+        """(dimension, weight) of each loss term; None = the model's full dimension."""
+        if not self.matryoshka_dims:
+            return [(None, 1.0)]
+        weights = self.matryoshka_weights or (1.0,) * len(self.matryoshka_dims)
+        return list(zip(self.matryoshka_dims, weights, strict=True))
+
+    def stage_configs(self, mixture: str | None) -> list[tuple[str, TrainConfig]]:
+        """(mixture, settings) of each stage: `stages`, or one stage on `mixture`.
+
+        A stage inherits every top-level setting and overrides what it names; `base` and
+        `seed` belong to the run, not a stage.
+        """
+        if not self.stages:
+            if not mixture:
+                raise KalmixError(
+                    "name the mixture version to train on, e.g. kalmix train mix@v1 ..."
+                )
+            return [(mixture, self)]
+        if mixture:
+            raise KalmixError(
+                f"the config has {len(self.stages)} stages, each naming its mixture; drop the "
+                f"mixture argument {mixture!r}"
+            )
+        out = []
+        for i, stage in enumerate(self.stages, 1):
+            settings = dict(stage)
+            ref = settings.pop("mixture", None)
+            if not ref:
+                raise KalmixError(f'stage {i} has no mixture = "NAME@vN"')
+            for key in ("base", "seed", "stages"):
+                if key in settings:
+                    raise KalmixError(f"stage {i}: {key!r} is set for the whole run, not a stage")
+            stage_cfg = TrainConfig.from_dict(
+                {**self.to_dict(), **settings, "stages": ()}, source=f"stage {i}"
+            )
+            out.append((ref, stage_cfg))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -104,7 +195,11 @@ class TrainConfig:
                 raise KalmixError(
                     f"{source}: unknown training setting {key!r}{suggest(key, list(known))}"
                 )
-        return cls(**data).validate()
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        try:
+            return cls(**data).validate()
+        except TypeError as err:
+            raise KalmixError(f"{source}: bad training setting: {err}") from None
 
     @classmethod
     def from_toml(cls, path: Path) -> TrainConfig:

@@ -32,6 +32,7 @@ come from a generator seeded by (seed, epoch, batch), so they need no saved stat
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from catalog.mixtures import ManifestEntry, MixtureVersion, iter_dataset_tables,
 from corpus.errors import KalmixError
 from trainer.config import TrainConfig
 
-COLUMNS = ["task_type", "instruction", "query", "positive", "negatives", "score", "label"]
+COLUMNS = ["task_type", "instruction", "query", "positive", "negatives", "score", "label", "meta"]
 LABELLED = ("classification", "clustering")
 
 
@@ -58,6 +59,7 @@ class Example:
     group: int  # label group of the query and its positive; -1 without a label
     negative_groups: tuple[int, ...]
     dataset: int
+    teacher: tuple[float, ...] | None = None  # teacher scores of positive + negatives
 
 
 @dataclass
@@ -107,12 +109,16 @@ class Source:
         self.positive = _text(col.get("positive", none))
         self.instruction = _text(col.get("instruction", none))
         self.negatives = col.get("negatives", pa.nulls(n, pa.list_(pa.string())))
+        self.meta = col.get("meta", none) if cfg.distill_weight > 0 else None
         self.dropped: dict[str, int] = {}
         keep = pc.is_valid(self.query).to_numpy(zero_copy_only=False)
         self._drop("no query", keep)
         self.labelled = self.task_type in LABELLED
         self.group_count = 0
-        if self.labelled:
+        if self.labelled and not cfg.labelled_examples:
+            self._drop("labelled data off (labelled_examples = false)", np.zeros(n, bool), keep)
+            keep = np.zeros(n, dtype=bool)
+        elif self.labelled:
             labels = _text(col.get("label", none))
             has = keep & pc.is_valid(labels).to_numpy(zero_copy_only=False)
             self._drop("no label", has, keep)
@@ -183,10 +189,35 @@ class Source:
                 self.index,
             )
         positive = self.positive[row].as_py()
-        pool = [t for t in dict.fromkeys(self.negatives[row].as_py() or []) if t and t != positive]
+        raw = self.negatives[row].as_py() or []
+        first = {}  # each distinct usable negative text -> its first position in `raw`
+        for i, t in enumerate(raw):
+            if t and t != positive and t not in first:
+                first[t] = i
+        pool = list(first)
         if len(pool) > k:
             pool = [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
-        return Example(self._prompt(row), positive, tuple(pool), -1, (-1,) * len(pool), self.index)
+        teacher = self._teacher(row, len(raw))
+        if teacher is not None:
+            teacher = (teacher[0], *(teacher[1 + first[t]] for t in pool))
+        return Example(
+            self._prompt(row), positive, tuple(pool), -1, (-1,) * len(pool), self.index, teacher
+        )
+
+    def _teacher(self, row: int, negatives: int) -> list[float] | None:
+        """The row's stored teacher scores when they match its [positive] + negatives."""
+        if self.meta is None:
+            return None
+        text = self.meta[row].as_py()
+        if not text or "teacher_scores" not in text:
+            return None
+        try:
+            scores = json.loads(text).get("teacher_scores")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        if not isinstance(scores, list) or len(scores) != 1 + negatives:
+            return None  # negatives changed since the teacher scored them
+        return [float(x) for x in scores]
 
 
 def build_sources(

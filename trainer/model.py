@@ -16,7 +16,10 @@ transformers implements is handled the same way.
 
 Export writes a sentence-transformers folder (Transformer, Pooling, Normalize) with the query
 instructions of the training mixture as named prompts (keys mteb understands), built and saved
-by sentence-transformers itself so the installed version can always load it.
+by sentence-transformers itself so the installed version can always load it. A model trained
+with Matryoshka dims declares them as `matryoshka_dims` in `config_sentence_transformers.json`
+(sentence-transformers ignores keys it does not know; `declared_dims` reads them), so a user
+can pick one: `SentenceTransformer(path, truncate_dim=256)`.
 """
 
 from __future__ import annotations
@@ -177,8 +180,25 @@ def pad(
     return input_ids.to(device), mask.to(device)
 
 
+ST_CONFIG = "config_sentence_transformers.json"
+
+
+def declared_dims(path: Path) -> list[int]:
+    """The Matryoshka dimensions an exported model was trained for ([] if none)."""
+    config = Path(path) / ST_CONFIG
+    if not config.exists():
+        return []
+    return list(json.loads(config.read_text()).get("matryoshka_dims", []))
+
+
 def export_sentence_transformers(
-    model: Embedder, tokenizer, out: Path, *, prompts: dict[str, str], max_length: int
+    model: Embedder,
+    tokenizer,
+    out: Path,
+    *,
+    prompts: dict[str, str],
+    max_length: int,
+    matryoshka_dims: tuple[int, ...] = (),
 ) -> Path:
     """Write `out` as a sentence-transformers folder; replaces an earlier export atomically."""
     from sentence_transformers import SentenceTransformer
@@ -198,6 +218,11 @@ def export_sentence_transformers(
             device="cpu",
         )
         st.save(str(staging / "st"), create_model_card=False)
+        if matryoshka_dims:
+            config_path = staging / "st" / ST_CONFIG
+            config = json.loads(config_path.read_text())
+            config["matryoshka_dims"] = [int(x) for x in matryoshka_dims]
+            config_path.write_text(json.dumps(config, indent=2))
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         if out.exists():
             os.rename(out, old)

@@ -24,6 +24,13 @@ Precision: float32 weights; bf16 autocast on GPU, float32 on CPU. Optional gradi
 checkpointing and `torch.compile`. A CUDA out-of-memory error becomes a message naming the
 settings to lower. The run's row in the catalog follows its life (running, completed, failed,
 interrupted); metrics go to `<ws>/runs/<name>/metrics.jsonl`.
+
+SIGTERM (`kill`, the dashboard's Cancel button, torchrun or a cluster scheduler stopping the
+job) stops the run cleanly: the step in progress finishes, every process agrees to stop at the
+same step (the flag rides on the per-step metrics all-reduce), a checkpoint of that step is
+written, the row is marked `interrupted` and `--resume` continues from there. A second SIGTERM
+kills at once. Ctrl-C (KeyboardInterrupt) stops immediately, keeping the last periodic
+checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -43,13 +52,14 @@ import torch
 import torch.distributed as dist
 
 from catalog import runs
+from catalog.mixtures import MixtureVersion
 from catalog.workspace import Workspace
 from corpus.console import console, progress
 from corpus.errors import KalmixError
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
-from trainer.data import BatchSampler, Example, load_mixture, mixture_prompts
-from trainer.loss import LossOutput, info_nce
+from trainer.data import BatchSampler, DataReport, Example, load_mixture, mixture_prompts
+from trainer.loss import LossOutput, Mixing, distillation, info_nce, truncate
 from trainer.model import (
     Embedder,
     default_base,
@@ -175,6 +185,7 @@ class LocalBatch:
     slot_group: torch.Tensor  # [n_queries * slots] label group, -1 without
     query_group: torch.Tensor  # [n_queries]
     tokens: int
+    slot_teacher: torch.Tensor | None = None  # [n_queries, slots] teacher scores, NaN without
 
 
 def encode_batch(examples: list[Example], tokenizer, *, slots: int, max_length: int) -> LocalBatch:
@@ -185,7 +196,10 @@ def encode_batch(examples: list[Example], tokenizer, *, slots: int, max_length: 
     n = len(examples)
     slot_valid = torch.zeros(n * slots, dtype=torch.bool)
     slot_group = torch.full((n * slots,), -1, dtype=torch.long)
+    slot_teacher = torch.full((n, slots), float("nan"))
     for i, e in enumerate(examples):
+        if e.teacher is not None:
+            slot_teacher[i, : len(e.teacher)] = torch.tensor(e.teacher)
         for j, (text, group) in enumerate(
             zip((e.positive, *e.negatives), (e.group, *e.negative_groups), strict=True)
         ):
@@ -206,6 +220,7 @@ def encode_batch(examples: list[Example], tokenizer, *, slots: int, max_length: 
         slot_group=slot_group,
         query_group=torch.tensor([e.group for e in examples], dtype=torch.long),
         tokens=sum(len(x) for x in ids),
+        slot_teacher=slot_teacher if any(e.teacher is not None for e in examples) else None,
     )
 
 
@@ -220,6 +235,7 @@ class Stepper:
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
         self.pad_multiple = 8 if cuda else 1
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.step = 0  # the run's step, seeds the hard-negative mixing draws
 
     def _embed(self, ids: list[list[int]]) -> torch.Tensor:
         input_ids, mask = pad(ids, self.tokenizer.pad_token_id, self.d.device, self.pad_multiple)
@@ -230,7 +246,8 @@ class Stepper:
             return self.encode(input_ids, mask)
 
     def _loss(self, reps: torch.Tensor, b: LocalBatch) -> LossOutput:
-        dev = reps.device
+        """InfoNCE (per Matryoshka dim, with focal weights and mixed negatives) + distillation."""
+        cfg, dev = self.cfg, reps.device
         queries = reps[: b.n_queries]
         cands = reps.new_zeros(b.n_queries * self.slots, reps.shape[1]).index_copy(
             0, b.cand_slot.to(dev), reps[b.cand_text.to(dev)]
@@ -240,16 +257,37 @@ class Stepper:
         groups = gather(b.slot_group.to(dev), self.d)
         first = self.d.rank * b.n_queries
         positives = (first + torch.arange(b.n_queries, device=dev)) * self.slots
-        return info_nce(
-            queries,
-            b.query_group.to(dev),
-            positives,
-            cands,
-            valid,
-            groups,
-            temperature=self.cfg.temperature,
-            margin=self.cfg.false_negative_margin,
-        )
+        mixing = None
+        if cfg.mix_negatives:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step * 1009 + self.d.rank)
+            low, high = cfg.mix_range
+            mixing = Mixing(
+                cfg.mix_negatives, cfg.mix_hardest, cfg.mix_positive_share, low, high, g
+            )
+        out, total = None, reps.new_zeros(())
+        for dim, weight in cfg.dim_weights:
+            part = info_nce(
+                truncate(queries, dim),
+                b.query_group.to(dev),
+                positives,
+                truncate(cands, dim),
+                valid,
+                groups,
+                temperature=cfg.temperature,
+                margin=cfg.false_negative_margin,
+                focal_gamma=cfg.focal_gamma,
+                mixing=mixing,
+            )
+            total = total + weight * part.loss
+            out = part if out is None else out
+        if cfg.distill_weight and b.slot_teacher is not None:
+            kl = distillation(
+                queries, cands, positives, self.slots, b.slot_teacher.to(dev),
+                cfg.distill_temperature,
+            )  # fmt: skip
+            total = total + cfg.distill_weight * kl
+        out.loss = total
+        return out
 
     def backward(self, examples: list[Example]) -> tuple[LossOutput, int]:
         """Accumulate this batch's gradients (averaged over processes); (loss output, tokens)."""
@@ -359,6 +397,35 @@ def _oom_message(cfg: TrainConfig, step: int) -> str:
     )
 
 
+class RunStopped(KalmixError):
+    """The run stopped on SIGTERM after a checkpoint; `--resume` continues it."""
+
+
+class _StopOnSigterm:
+    """Turns the first SIGTERM into a flag the loop checks after each step.
+
+    Only the main thread may install signal handlers; elsewhere (a trainer called from a
+    worker thread) SIGTERM keeps its default action.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)  # a second one kills
+
+    def __enter__(self) -> _StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+
+
 @dataclass
 class TrainResult:
     run: str
@@ -392,6 +459,18 @@ def train(
             dist.destroy_process_group()
 
 
+@dataclass
+class _Stage:
+    """One stage of a run: its mixture, settings, batches and number of steps."""
+
+    index: int
+    cfg: TrainConfig
+    mv: MixtureVersion
+    sampler: BatchSampler
+    total: int
+    report: DataReport
+
+
 class _Run:
     def __init__(
         self,
@@ -415,59 +494,74 @@ class _Run:
                     f"run {name!r} trains on {existing.mixture_ref}, not {mixture}; drop the "
                     "mixture argument to resume it"
                 )
-            mixture = existing.mixture_ref
             saved = ckpt.list_checkpoints(self.path)
             self.restore_from = saved[-1] if saved else None
             config = existing.config
             if self.restore_from is not None:
                 config = json.loads((self.restore_from / "state.json").read_text())["config"]
             cfg = TrainConfig.from_dict(config)
+            mixture = None if cfg.stages else existing.mixture_ref
         elif existing is not None:
             raise KalmixError(
                 f"run {name!r} already exists (status {existing.status}): continue it with "
                 "--resume, or choose another --out-run"
             )
-        if not mixture:
-            raise KalmixError("name the mixture version to train on, e.g. kalmix train mix@v1 ...")
         cfg = (cfg or TrainConfig()).validate()
         if not cfg.base:
             cfg = cfg.override(base=str(default_base()))
+        plan = cfg.stage_configs(mixture)
         resolve_base(cfg.base)  # a bad --base fails before the data is read
-        if cfg.batch_size % d.world:
-            raise KalmixError(
-                f"batch size {cfg.batch_size} does not split over {d.world} processes; use a "
-                f"multiple of {d.world}"
-            )
         self.cfg = cfg
-        self.mv, sources, self.report = load_mixture(self.cat, mixture, cfg)
-        if d.is_main:
-            console.print(self.report.line(str(self.mv.ref)))
-        self.sampler = BatchSampler(
+        self.stages = [self._stage(i, ref, stage_cfg) for i, (ref, stage_cfg) in enumerate(plan)]
+        self.total = sum(s.total for s in self.stages)
+        torch.manual_seed(cfg.seed)
+        self.model, self.tokenizer = load_embedder(
+            cfg.base, cfg.pooling, gradient_checkpointing=cfg.gradient_checkpointing
+        )
+        for stage in self.stages:
+            too_big = [x for x in stage.cfg.matryoshka_dims if x > self.model.dim]
+            if too_big:
+                raise KalmixError(
+                    f"matryoshka_dims {too_big} exceed the model's {self.model.dim} dimensions"
+                )
+        self.stage = self.stages[0]
+        self.step = 0
+        self.stage_step = 0
+        self.stop_agreed = False
+        self.history: list[dict[str, Any]] = []
+        self.session = {"start": time.perf_counter(), "steps": 0, "samples": 0, "tokens": 0}
+
+    def _stage(self, index: int, ref: str, cfg: TrainConfig) -> _Stage:
+        """Load a stage's mixture and check its batch; all before the run row is written."""
+        if cfg.batch_size % self.d.world:
+            raise KalmixError(
+                f"batch size {cfg.batch_size} does not split over {self.d.world} processes; use "
+                f"a multiple of {self.d.world}"
+            )
+        mv, sources, report = load_mixture(self.cat, ref, cfg)
+        if self.d.is_main:
+            console.print(report.line(str(mv.ref)))
+        sampler = BatchSampler(
             sources,
             batch_size=cfg.batch_size,
             homogeneous_share=cfg.homogeneous_share,
             negatives_per_query=cfg.negatives_per_query,
             seed=cfg.seed,
         )
-        self.total = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.sampler.steps_per_epoch))
-        torch.manual_seed(cfg.seed)
-        self.model, self.tokenizer = load_embedder(
-            cfg.base, cfg.pooling, gradient_checkpointing=cfg.gradient_checkpointing
-        )
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.session = {"start": time.perf_counter(), "steps": 0, "tokens": 0}
+        total = cfg.max_steps or max(1, math.ceil(cfg.epochs * sampler.steps_per_epoch))
+        return _Stage(index, cfg, mv, sampler, total, report)
 
     def _register(self) -> None:
         commit = git_commit()
         if self.resume:
             runs.restart_run(self.cat, self.name, pid=os.getpid(), git_commit=commit)
         else:
+            last = self.stages[-1].mv  # the mixture the final model was trained on last
             runs.create_run(
                 self.cat,
                 self.name,
-                mixture=self.mv.name,
-                mixture_version=self.mv.version,
+                mixture=last.name,
+                mixture_version=last.version,
                 base_model=self.cfg.base,
                 config=self.cfg.to_dict(),
                 git_commit=commit,
@@ -479,18 +573,35 @@ class _Run:
             self._register()
         self.d.barrier()
         try:
-            self._loop(on_step)
+            with _StopOnSigterm() as self.stop:
+                self._loop(on_step)
+            if self.step < self.total:
+                return self._stopped()
             return self._finish()
+        except RunStopped:
+            raise
         except KeyboardInterrupt:
             self._mark("interrupted", f"interrupted after step {self.step}")
             raise
         except torch.OutOfMemoryError:
-            message = _oom_message(self.cfg, self.step + 1)
+            message = _oom_message(self.stage.cfg, self.step + 1)
             self._mark("failed", message)
             raise KalmixError(message) from None
         except BaseException as err:
             self._mark("failed", f"{type(err).__name__}: {err}")
             raise
+
+    def _stopped(self) -> TrainResult:
+        """After SIGTERM: checkpoint the last finished step, mark the row, tell how to resume."""
+        saved = ckpt.list_checkpoints(self.path)
+        if self.step and not (saved and saved[-1].name == ckpt.step_name(self.step)):
+            self._checkpoint()
+        message = (
+            f"stopped by SIGTERM after step {self.step} of {self.total}; continue with "
+            f"`kalmix train --out-run {self.name} --resume`"
+        )
+        self._mark("interrupted", message)
+        raise RunStopped(f"run {self.name} {message}")
 
     def _mark(self, status: str, error: str) -> None:
         if self.d.is_main:
@@ -499,74 +610,99 @@ class _Run:
             )
 
     def _loop(self, on_step: OnStep | None) -> None:
-        cfg, d = self.cfg, self.d
+        d = self.d
         self.model.to(d.device).train()
-        self.optimizer = _optimizer(self.model, cfg, d.device)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(cfg, self.total)
-        )
+        restored_stage, restored_state = 0, None
         if self.restore_from is not None:
-            restored = ckpt.load_checkpoint(
-                self.restore_from,
-                rank=d.rank,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-            )
-            self.sampler.load_state_dict(restored.state["sampler"])
-            self.step = restored.step
+            restored_state = json.loads((self.restore_from / "state.json").read_text())
+            restored_stage = restored_state.get("stage", 0)
+            self.step = restored_state["step"]
         metrics = self.path / METRICS_FILE
         self.history = _read_metrics(metrics, self.step)
         if d.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        stepper = Stepper(self.model, self.tokenizer, cfg, d)
-        local = cfg.batch_size // d.world
         with progress() if d.is_main else nullcontext() as bar:
             task = bar.add_task(self.name, total=self.total, completed=self.step) if bar else None
-            while self.step < self.total:
-                t0 = time.perf_counter()
-                examples = self.sampler.next_batch()[d.rank * local : (d.rank + 1) * local]
-                out, tokens = stepper.backward(examples)
-                grad_norm = torch.nn.utils.clip_grad_norm_(stepper.params, cfg.max_grad_norm)
-                lr = self.scheduler.get_last_lr()[0]
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                record = self._record(out, tokens, lr, float(grad_norm), time.perf_counter() - t0)
-                if d.is_main:
-                    if self.step % cfg.log_every == 0 or self.step == self.total:
-                        with metrics.open("a") as f:
-                            f.write(json.dumps(record) + "\n")
-                    bar.update(
-                        task,
-                        completed=self.step,
-                        description=f"{self.name} loss {record['loss']:.4f}",
+            for stage in self.stages[restored_stage:]:
+                self.stage, self.stage_step = stage, 0
+                self.optimizer = _optimizer(self.model, stage.cfg, d.device)
+                self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    self.optimizer, _lr_lambda(stage.cfg, stage.total)
+                )
+                if restored_state is not None:
+                    ckpt.load_checkpoint(
+                        self.restore_from,
+                        rank=d.rank,
+                        model=self.model,
+                        optimizer=self.optimizer,
+                        scheduler=self.scheduler,
                     )
-                if self.step % cfg.checkpoint_every == 0 and self.step < self.total:
-                    self._checkpoint()
-                if on_step is not None:
-                    on_step(self.step, record)
+                    stage.sampler.load_state_dict(restored_state["sampler"])
+                    self.stage_step = restored_state.get("stage_step", self.step)
+                    restored_state = None
+                self._run_stage(stage, on_step, metrics, bar, task)
+                if self.stop_agreed:
+                    return
+
+    def _run_stage(self, stage: _Stage, on_step: OnStep | None, metrics: Path, bar, task) -> None:
+        cfg, d = stage.cfg, self.d
+        stepper = Stepper(self.model, self.tokenizer, cfg, d)
+        local = cfg.batch_size // d.world
+        while self.stage_step < stage.total:
+            t0 = time.perf_counter()
+            examples = stage.sampler.next_batch()[d.rank * local : (d.rank + 1) * local]
+            stepper.step = self.step
+            out, tokens = stepper.backward(examples)
+            grad_norm = torch.nn.utils.clip_grad_norm_(stepper.params, cfg.max_grad_norm)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.stage_step += 1
+            record = self._record(out, tokens, lr, float(grad_norm), time.perf_counter() - t0)
+            if d.is_main:
+                if self.step % self.cfg.log_every == 0 or self.step == self.total:
+                    with metrics.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                bar.update(
+                    task, completed=self.step, description=f"{self.name} loss {record['loss']:.4f}"
+                )
+            if self.step % self.cfg.checkpoint_every == 0 and self.step < self.total:
+                self._checkpoint()
+            if on_step is not None:
+                on_step(self.step, record)
+            if self.stop_agreed:
+                return
 
     def _record(
         self, out: LossOutput, tokens: int, lr: float, grad_norm: float, seconds: float
     ) -> dict[str, Any]:
         """This step's metrics over all processes."""
         stats = torch.tensor(
-            [out.loss.item(), float(out.correct.sum()), float(out.masked.sum()), float(tokens)],
+            [
+                out.loss.item(),
+                float(out.correct.sum()),
+                float(out.masked.sum()),
+                float(tokens),
+                float(self.stop.requested),
+            ],
             dtype=torch.float64,
             device=self.d.device,
         )
         if self.d.world > 1:
             dist.all_reduce(stats)
-        loss, correct, masked, tokens_all = stats.tolist()
+        loss, correct, masked, tokens_all, stop = stats.tolist()
+        self.stop_agreed = stop > 0  # any process got SIGTERM: all stop at this step
         self.session["steps"] += 1
         self.session["tokens"] += int(tokens_all)
-        batch = self.cfg.batch_size
+        batch = self.stage.cfg.batch_size
+        self.session["samples"] += batch
         record = {
             "step": self.step,
-            "epoch": self.sampler.epoch,
+            "stage": self.stage.index + 1,
+            "epoch": self.stage.sampler.epoch,
             "loss": loss / self.d.world,
             "accuracy": correct / batch,
             "masked_per_query": masked / batch,
@@ -589,7 +725,12 @@ class _Run:
                 model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
-                state={"sampler": self.sampler.state_dict(), "config": self.cfg.to_dict()},
+                state={
+                    "sampler": self.stage.sampler.state_dict(),
+                    "config": self.cfg.to_dict(),
+                    "stage": self.stage.index,
+                    "stage_step": self.stage_step,
+                },
                 keep=self.cfg.keep_checkpoints,
             )
             runs.update_run(self.cat, self.name, summary=self._summary())
@@ -601,15 +742,20 @@ class _Run:
         return {
             "steps": self.step,
             "total_steps": self.total,
-            "epoch": self.sampler.epoch,
+            "stage": self.stage.index + 1,
+            "epoch": self.stage.sampler.epoch,
             "loss": last[-1]["loss"] if last else None,
             "loss_last_10": sum(r["loss"] for r in last) / len(last) if last else None,
-            "samples_per_s": self.session["steps"] * self.cfg.batch_size / seconds,
+            "samples_per_s": self.session["samples"] / seconds,
             "tokens_per_s": self.session["tokens"] / seconds,
             "processes": self.d.world,
             "device": self.d.device.type,
-            "rows_used": self.report.rows_used,
-            "rows_dropped": self.report.dropped,
+            "rows_used": self.stage.report.rows_used,
+            "rows_dropped": self.stage.report.dropped,
+            "stages": [
+                {"mixture": str(st.mv.ref), "steps": st.total, "rows_used": st.report.rows_used}
+                for st in self.stages
+            ],
         }
 
     def _finish(self) -> TrainResult:
@@ -620,13 +766,17 @@ class _Run:
                 self.model,
                 self.tokenizer,
                 model_path,
-                prompts=mixture_prompts(self.mv.entries, self.cfg.instruction_template),
-                max_length=self.cfg.max_length,
+                prompts=mixture_prompts(
+                    [e for st in self.stages for e in st.mv.entries],
+                    self.stages[-1].cfg.instruction_template,
+                ),
+                max_length=self.stages[-1].cfg.max_length,
+                matryoshka_dims=self.stages[-1].cfg.matryoshka_dims,
             )
             summary["model_path"] = str(model_path.relative_to(self.ws.root))
             runs.update_run(self.cat, self.name, status="completed", summary=summary)
             console.print(
-                f"train: {self.mv.ref} -> run {self.name}: {self.step} steps, loss "
+                f"train: {' -> '.join(str(st.mv.ref) for st in self.stages)} -> run {self.name}: {self.step} steps, loss "
                 f"{summary['loss']:.4f}, {summary['samples_per_s']:.1f} samples/s; "
                 f"model at {model_path}"
             )

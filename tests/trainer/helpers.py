@@ -88,3 +88,25 @@ def tiny_decoder(folder: Path, family: str = "qwen2", *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     AutoModel.from_config(config).save_pretrained(folder)
     return folder
+
+
+def tiny_bert(folder: Path) -> Path:
+    """A random 2-layer BERT with dropout and the MiniLM tokenizer (dropout tests the replay)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from trainer.model import default_base
+
+    tokenizer = AutoTokenizer.from_pretrained(default_base())
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder

@@ -17,7 +17,7 @@ from catalog import runs
 from catalog.mixtures import MixtureSpec, create_mixture
 from corpus.errors import KalmixError
 from kalmix.ingest import ingest
-from tests.trainer.helpers import tiny_decoder, training_workspace
+from tests.trainer.helpers import tiny_bert, tiny_decoder, training_workspace
 from trainer.checkpoint import list_checkpoints
 from trainer.config import TrainConfig
 from trainer.data import load_mixture
@@ -25,26 +25,6 @@ from trainer.model import default_base
 from trainer.train import METRICS_FILE, train
 
 FAST = {"batch_size": 8, "chunk_size": 10, "negatives_per_query": 2, "max_length": 48}
-
-
-def tiny_bert(folder: Path) -> Path:
-    """A random 2-layer BERT with dropout and the MiniLM tokenizer (dropout tests the replay)."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(default_base())
-    tokenizer.save_pretrained(folder)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

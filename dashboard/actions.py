@@ -128,7 +128,7 @@ def alive(pid: int | None) -> bool:
 
 
 def cancel(pid: int | None, run_name: str) -> None:
-    """SIGTERM the run's process; the trainer records `cancelled` when it stops.
+    """SIGTERM the run's process; the trainer records `interrupted` when it stops.
 
     The pid must still belong to a process whose command line names the run, so a recycled
     pid of an unrelated process is never signalled.

@@ -16,6 +16,7 @@ from catalog.workspace import Workspace
 from corpus.console import console, err_console
 from corpus.errors import KalmixError
 from dashboard.cli import dashboard as dashboard_command
+from kalmix.commands import clean
 from kalmix.commands.embed import mount as mount_embedding_commands
 from kalmix.commands.synth import app as synth_app
 from trainer.cli import soup as soup_command
@@ -28,17 +29,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(catalog_app, name="catalog")
-app.add_typer(synth_app, name="synth")
-app.add_typer(mix_app, name="mix")
-app.add_typer(eval_app, name="eval")
-app.command("dashboard")(dashboard_command)
-app.command("train")(train_command)
-app.command("soup")(soup_command)
-mount_embedding_commands(app)  # filter consistency, mine, semdedup
-from kalmix.commands import clean  # noqa: E402
-
-clean.register(app)  # dedup, langid, decontaminate
 
 
 @app.callback()
@@ -125,6 +115,18 @@ def ingest(
     console.print(
         f"ingest: {file} -> {result.ref}: {result.rows:,} rows{skipped}; {result.seconds:.1f}s"
     )
+
+
+# Mounted after init/ingest so that `kalmix --help` lists commands in pipeline order.
+app.add_typer(catalog_app, name="catalog")
+clean.register(app)  # dedup, langid, decontaminate
+mount_embedding_commands(app)  # filter consistency, mine, semdedup
+app.add_typer(synth_app, name="synth")
+app.add_typer(mix_app, name="mix")
+app.command("train")(train_command)
+app.command("soup")(soup_command)
+app.add_typer(eval_app, name="eval")
+app.command("dashboard")(dashboard_command)
 
 
 def main() -> None:

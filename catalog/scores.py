@@ -196,6 +196,7 @@ def compare_table(
     runs: Sequence[str] | None = None,
     include_reference: bool = True,
     tasks: Sequence[str] | None = None,
+    samples: bool = False,
 ) -> pa.Table:
     """Models x tasks: each task's main score (mean over its language subsets, test split when
     it has one) from each model's latest evaluation of it, plus means per task type and overall.
@@ -205,17 +206,21 @@ def compare_table(
     A mean is left empty for a model that lacks one of the tasks it averages, so means are
     always over the same tasks (MTEB's convention). Reference models appear when
     `include_reference` and they have a score for at least one of the columns.
+    `samples` compares the quick checks (`--limit` splits) instead of full splits; published
+    reference scores are on full splits, so they are left out then.
     """
+    include_reference = include_reference and not samples
+    split_filter = "LIKE" if samples else "NOT LIKE"
     per_task = cat.query(
         f"""
         WITH latest AS (
             SELECT * FROM scores
-            WHERE split NOT LIKE '%{SAMPLE_SPLIT_MARK}%'
+            WHERE split {split_filter} '%{SAMPLE_SPLIT_MARK}%'
             QUALIFY evaluated_at = max(evaluated_at)
                 OVER (PARTITION BY model, run, is_reference, task)
         )
         SELECT l.model, l.run, l.is_reference, l.task, any_value(l.task_type) AS task_type,
-               coalesce(avg(l.main_score) FILTER (WHERE l.split = 'test'), avg(l.main_score))
+               coalesce(avg(l.main_score) FILTER (WHERE l.split LIKE 'test%'), avg(l.main_score))
                    AS score,
                max(l.evaluated_at) AS evaluated_at,
                any_value(r.mixture || '@v' || r.mixture_version) AS mixture

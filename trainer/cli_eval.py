@@ -173,6 +173,9 @@ def compare(
     reference: bool = typer.Option(
         True, "--reference/--no-reference", help="Include published reference models."
     ),
+    samples: bool = typer.Option(
+        False, "--samples", help="Compare the quick checks (eval --limit) instead of full splits."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Table of runs, models and reference models x tasks, with means per task type.
@@ -189,6 +192,7 @@ def compare(
         runs=_split(runs) or None,
         include_reference=reference,
         tasks=_split(tasks) or None,
+        samples=samples,
     )
     if as_json:
         print_json(table)

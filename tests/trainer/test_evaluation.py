@@ -125,6 +125,8 @@ def test_local_tasks_on_samples(stsb_report, eval_ws, minilm):
     assert by_task["LCQMC"].task_type == "sts"
     # samples never enter comparisons
     assert "minilm-quick" not in compare_table(eval_ws.catalog()).column("model").to_pylist()
+    quick = compare_table(eval_ws.catalog(), runs=["minilm-quick"], samples=True).to_pylist()
+    assert [r["model"] for r in quick] == ["minilm-quick"]  # unless asked for, without references
 
 
 def _put_in_hf_cache(cache: Path, repo: str, revision: str, split: str, csv_path: Path) -> None:

@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 
 from catalog import queries, versions
 from catalog.db import Catalog, fetch_one
-from catalog.versions import NAME_RE, REF_RE, VersionRef
+from catalog.versions import NAME_RE, VersionRef, parse_ref
 from corpus.errors import KalmixError
 from corpus.executor import prefetch_map
 from corpus.operator import DATASET_COLUMN
@@ -87,11 +87,7 @@ class MixtureRef:
 
     @classmethod
     def parse(cls, text: str) -> MixtureRef:
-        match = REF_RE.match(text.strip())
-        if not match:
-            raise KalmixError(f"{text!r} is not NAME or NAME@vN")
-        version = match.group("version")
-        return cls(match.group("name"), int(version) if version else None)
+        return cls(*parse_ref(text))
 
     def __str__(self) -> str:
         return self.name if self.version is None else f"{self.name}@v{self.version}"

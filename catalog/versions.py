@@ -32,6 +32,15 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 REF_RE = re.compile(r"^(?P<name>[^@]+?)(?:@v?(?P<version>\d+))?$")
 
 
+def parse_ref(text: str) -> tuple[str, int | None]:
+    """`NAME` or `NAME@vN` (datasets and mixtures alike) -> (name, version or None)."""
+    match = REF_RE.match(text.strip())
+    if not match:
+        raise KalmixError(f"{text!r} is not NAME or NAME@vN")
+    version = match.group("version")
+    return match.group("name"), int(version) if version else None
+
+
 @dataclass(frozen=True)
 class VersionRef:
     """`name@vN`; `version=None` means the latest at resolution time."""
@@ -41,11 +50,7 @@ class VersionRef:
 
     @classmethod
     def parse(cls, text: str) -> VersionRef:
-        match = REF_RE.match(text.strip())
-        if not match:
-            raise KalmixError(f"{text!r} is not NAME or NAME@vN")
-        version = match.group("version")
-        return cls(match.group("name"), int(version) if version else None)
+        return cls(*parse_ref(text))
 
     def __str__(self) -> str:
         return self.dataset if self.version is None else f"{self.dataset}@v{self.version}"

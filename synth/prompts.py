@@ -5,10 +5,16 @@ A task template holds two prompts (see KaLM / E5-mistral's two-step recipe):
 - `brainstorm`: persona -> one task description ("Given a ..., retrieve ..."), after a one-shot
   exchange (`shot_persona` -> `shot_task`): SmolLM2-135M copies an example written into the
   instruction, but adapts one shown as a previous turn to the new persona;
-- `example`: task description -> one JSON example, the persona as system prompt (as in the
-  KaLM paper), a one-shot exchange (`shot_task` -> `shot_output`) before the real request and
-  an assistant prefix such as `{"query": "` that starts the JSON, which keeps a small model on
-  format.
+- `example`: task description -> one JSON example: a fixed system message, a one-shot
+  exchange (`shot_task` -> `shot_output`), then the real request, which alone carries the
+  persona (`persona`, e.g. "You are $persona.", the KaLM paper's persona role), the task and
+  the language; an assistant prefix such as `{"query": "` starts the JSON, which keeps a small
+  model on format.
+
+Both prompts keep everything that varies per job in the last user turn, so all turns before it
+are byte-identical across the jobs of one task type (and retrieval form): the `transformers`
+backend computes the key/value cache of that shared prefix once per batch instead of once per
+prompt, and vLLM's prefix caching reuses it the same way.
 
 `$language` (and `$target_language` for bitext) and, for retrieval, the form's `$query_length`
 and `$document_length` are parameters. `fields` map JSON keys to record fields with length
@@ -125,19 +131,18 @@ class TaskTemplate:
         )
 
     def example_prompt(self, persona: str, task: str, params: dict[str, str]) -> Prompt:
-        """The one-shot exchange, then the request for `task` with `params` filled in."""
+        """The one-shot exchange, then the request for `task` with `params` filled in, led by
+        the persona line: the turns before it depend only on the template and `params`' form."""
         e = self.example
-        values = {"persona": _sentence_body(persona), **params}
-        shot = {**values, **e.get("shot_params", {"language": "English"}), "task": e["shot_task"]}
+        shot = {**params, **e.get("shot_params", {"language": "English"}), "task": e["shot_task"]}
+        who = _render(e["persona"], {"persona": _sentence_body(persona)}, self.name)
+        request = _render(e["user"], {**params, "task": task}, self.name)
         return Prompt(
             (
-                {"role": "system", "content": _render(e["system"], values, self.name)},
+                {"role": "system", "content": _render(e["system"], {}, self.name)},
                 {"role": "user", "content": _render(e["user"], shot, self.name)},
                 {"role": "assistant", "content": e["shot_output"]},
-                {
-                    "role": "user",
-                    "content": _render(e["user"], {**values, "task": task}, self.name),
-                },
+                {"role": "user", "content": f"{who}\n{request}"},
             ),
             prefix=e.get("prefix", ""),
         )
@@ -211,6 +216,8 @@ def load_task_template(task_type: str, folder: Path | None = None) -> TaskTempla
             hash=digest,
         )
         json.loads(template.example["shot_output"])  # the shot itself must be valid JSON
+        if "persona" not in template.example:  # the last turn's line, e.g. "You are $persona."
+            raise KeyError("example.persona")
     except (KeyError, TypeError, ValueError) as err:
         raise KalmixError(f"template {path} is incomplete or malformed: {err}") from None
     return template

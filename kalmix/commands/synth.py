@@ -12,8 +12,11 @@ runs, so that every `kalmix` invocation starts fast.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,7 +418,55 @@ GPUS = typer.Option(
 TP = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs per engine.")
 
 
+# Each shared option: (the parameter's type, its typer.Option). `_with_backend_options` adds
+# them to a command's signature and hands the command one `SynthSettings` instead.
+SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "backend": (str, BACKEND),
+    "model": (str, MODEL),
+    "base_url": (str, BASE_URL),
+    "api_key": (str, API_KEY),
+    "temperature": (float, TEMPERATURE),
+    "top_p": (float, TOP_P),
+    "seed": (int, SEED),
+    "max_retries": (int, RETRIES),
+    "batch_size": (int, BATCH),
+    "concurrency": (int, CONCURRENCY),
+    "timeout": (float, TIMEOUT),
+    "threads": (int, THREADS),
+    "no_prefill": (bool, NO_PREFILL),
+    "shard_size": (int, SHARD),
+    "executor": (str, EXECUTOR),
+    "address": (str, ADDRESS),
+    "ray_actors": (int, ACTORS),
+    "gpus_per_actor": (float, GPUS),
+    "tensor_parallel_size": (int, TP),
+}
+
+
+def _with_backend_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the shared backend, sampling and executor options; it receives them as
+    one `settings: SynthSettings` (built with its own `max_tokens`)."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, (kind, option) in SHARED_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        options = {name: kwargs.pop(name) for name in SHARED_OPTIONS}
+        command(**kwargs, settings=_settings(max_tokens=kwargs["max_tokens"], **options))
+
+    wrapper.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{p.name: p.annotation for p in own},
+        **{name: kind for name, (kind, _) in SHARED_OPTIONS.items()},
+    }
+    return wrapper
+
+
 def _settings(
+    *,
     backend: str,
     model: str | None,
     base_url: str | None,
@@ -484,6 +535,7 @@ def _print_report(report: StepReport) -> None:
 
 
 @app.command()
+@_with_backend_options
 def personas(
     corpus: str = typer.Argument(..., help="Corpus dataset NAME or NAME@vN to sample text from."),
     n: int = typer.Option(2000, "--n", help="Passages to sample (one persona each)."),
@@ -492,26 +544,8 @@ def personas(
         0.7, "--dedup-threshold", help="Word Jaccard at which two personas count as one."
     ),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens per persona answer."),
-    backend: str = BACKEND,
-    model: str = MODEL,
-    base_url: str = BASE_URL,
-    api_key: str = API_KEY,
-    temperature: float = TEMPERATURE,
-    top_p: float = TOP_P,
-    seed: int = SEED,
-    max_retries: int = RETRIES,
-    batch_size: int = BATCH,
-    concurrency: int = CONCURRENCY,
-    timeout: float = TIMEOUT,
-    threads: int = THREADS,
-    no_prefill: bool = NO_PREFILL,
-    shard_size: int = SHARD,
     templates: Path = TEMPLATES,
-    executor: str = EXECUTOR,
-    address: str = ADDRESS,
-    ray_actors: int = ACTORS,
-    gpus_per_actor: float = GPUS,
-    tensor_parallel_size: int = TP,
+    settings: SynthSettings = None,  # type: ignore[assignment]  # filled by _with_backend_options
 ) -> None:
     """Infer personas ("who would read or write this?") from sampled corpus passages.
 
@@ -521,18 +555,13 @@ def personas(
 
     Example: kalmix synth personas faq --n 200 --backend transformers
     """
-    settings = _settings(
-        backend, model, base_url, api_key, batch_size, concurrency, timeout, threads, no_prefill,
-        max_tokens, temperature, top_p, seed, max_retries, shard_size, executor, address,
-        ray_actors, gpus_per_actor, tensor_parallel_size,
-    )  # fmt: skip
     report = run_personas(
         Workspace.resolve().catalog(),
         corpus,
         n=n,
         name=name,
         settings=settings,
-        seed=seed,
+        seed=settings.params.seed,
         dedup_threshold=dedup_threshold,
         templates=templates,
     )
@@ -540,6 +569,7 @@ def personas(
 
 
 @app.command()
+@_with_backend_options
 def generate(
     personas_ref: str = typer.Option(..., "--personas", help="Personas dataset NAME or NAME@vN."),
     task_types: str = typer.Option(
@@ -559,26 +589,8 @@ def generate(
         ",".join(RETRIEVAL_FORMS), "--retrieval-forms", help="Retrieval query/document lengths."
     ),
     max_tokens: int = typer.Option(384, "--max-tokens", help="Tokens per LLM answer."),
-    backend: str = BACKEND,
-    model: str = MODEL,
-    base_url: str = BASE_URL,
-    api_key: str = API_KEY,
-    temperature: float = TEMPERATURE,
-    top_p: float = TOP_P,
-    seed: int = SEED,
-    max_retries: int = RETRIES,
-    batch_size: int = BATCH,
-    concurrency: int = CONCURRENCY,
-    timeout: float = TIMEOUT,
-    threads: int = THREADS,
-    no_prefill: bool = NO_PREFILL,
-    shard_size: int = SHARD,
     templates: Path = TEMPLATES,
-    executor: str = EXECUTOR,
-    address: str = ADDRESS,
-    ray_actors: int = ACTORS,
-    gpus_per_actor: float = GPUS,
-    tensor_parallel_size: int = TP,
+    settings: SynthSettings = None,  # type: ignore[assignment]  # filled by _with_backend_options
 ) -> None:
     """Write training examples: persona -> task description -> one JSON example per job.
 
@@ -589,11 +601,6 @@ def generate(
 
     Example: kalmix synth generate --personas faq-personas --task-types retrieval,sts --per-persona 2 --languages en,zh --name synth-v1
     """
-    settings = _settings(
-        backend, model, base_url, api_key, batch_size, concurrency, timeout, threads, no_prefill,
-        max_tokens, temperature, top_p, seed, max_retries, shard_size, executor, address,
-        ray_actors, gpus_per_actor, tensor_parallel_size,
-    )  # fmt: skip
     available = task_types_available(templates)
     types = [t.strip() for t in task_types.split(",") if t.strip()]
     unknown = [t for t in types if t not in available]

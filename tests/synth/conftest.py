@@ -75,7 +75,7 @@ FAST = SamplingParams(temperature=0.0, max_tokens=40, seed=0)
 
 
 def transformers_config(**kw) -> BackendConfig:
-    return BackendConfig(kind="transformers", batch_size=8, threads=1, **kw)
+    return BackendConfig(**{"kind": "transformers", "batch_size": 8, "threads": 1, **kw})
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:

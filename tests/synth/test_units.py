@@ -116,6 +116,7 @@ def test_templates_render_persona_language_and_form():
         assert [m["role"] for m in b.messages] == ["system", "user", "assistant", "user"]
         assert "A nurse on night shifts." in b.messages[-1]["content"]
         assert b.messages[2]["content"].startswith(b.prefix)
+        assert t.brainstorm_prompt("A pilot.").messages[:-1] == b.messages[:-1]
         params = {"language": "Chinese", "target_language": "German"}
         if t.forms:
             params.update(t.forms["long-short"])
@@ -123,8 +124,14 @@ def test_templates_render_persona_language_and_form():
         assert [m["role"] for m in e.messages] == ["system", "user", "assistant", "user"]
         assert "Given a symptom, retrieve advice." in e.messages[-1]["content"]
         assert "Chinese" in e.messages[-1]["content"]
-        assert "You are a nurse" in e.messages[0]["content"]  # the persona as system prompt
+        assert e.messages[-1]["content"].startswith("You are a nurse.\n")
         assert e.prefix.startswith('{"')
+        # Only the last turn depends on the persona, task and language: the turns before it are
+        # one prefix for every job of the task type and form (computed once by the backend).
+        other = t.example_prompt(
+            "A pilot.", "Given a route, retrieve charts.", {**params, "language": "English"}
+        )
+        assert other.messages[:-1] == e.messages[:-1]
     r = load_task_template("retrieval")
     e = r.example_prompt("A nurse.", "T", {"language": "English", **r.forms["long-short"]})
     assert "detailed question" in e.messages[-1]["content"]
@@ -137,7 +144,11 @@ def test_edited_or_broken_template(tmp_path):
     path = folder / "sts.toml"
     path.write_text(path.read_text().replace("one sentence", "a sentence"))
     assert load_task_template("sts", folder).hash != original
-    path.write_text(path.read_text().replace("$task", "$nosuch"))
+    text = path.read_text()
+    path.write_text(text.replace('persona = "You are $persona."', ""))
+    with pytest.raises(KalmixError, match="incomplete or malformed: 'example.persona'"):
+        load_task_template("sts", folder)
+    path.write_text(text.replace("$task", "$nosuch"))
     with pytest.raises(KalmixError, match="nosuch"):
         load_task_template("sts", folder).example_prompt("A.", "T", {"language": "English"})
     path.write_text("task_type = [")

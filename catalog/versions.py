@@ -173,9 +173,7 @@ def compute_stats(files: list[Path]) -> dict[str, Any]:
         ).fetchall()
     )
     lengths = {
-        col: {
-            k: round(x, 1) for k, x in zip(("p50", "p90", "p99", "mean"), [*q, m], strict=True)
-        }
+        col: {k: round(x, 1) for k, x in zip(("p50", "p90", "p99", "mean"), [*q, m], strict=True)}
         for col, q, m in (("query", q_query, m_query), ("positive", q_pos, m_pos))
         if q is not None
     }

@@ -20,8 +20,10 @@ Where the batched time goes (profiled separately, one thread, this 2-core machin
 costs ~9 ms a token at any batch size, a decode step ~0.10 s at batch 1 but ~0.28 s at batch
 8, because single-thread fp32 matrix products here run at 15-20 GFLOP/s whatever the batch, so
 a batch-8 step is compute-bound (matmul 2/3, KV-cache concatenation 1/8, attention 1/9). With
-the prefix cached, the 128 decode steps at batch 8 are ~3/4 of the batched run; prefill no
-longer dominates. Rows that finished early still ride along to the longest row's end.
+the prefix cached, decoding is most of the batched run, so the backend has its own decoding
+loop: a row leaves the batch once it ends (`model.generate` feeds it padding to the longest
+row's end), and the key/value cache is preallocated and written in place instead of being
+concatenated (copied) at every step.
 
 Usage: python benchmarks/synth.py [--threads N] [--small]. `--small` (8 prompts, 2 personas,
 8 requests) keeps the run short on a busy machine. `--threads` (default 1) is the torch

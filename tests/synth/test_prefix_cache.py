@@ -1,5 +1,6 @@
-"""Shared-prefix key/value caching in the transformers backend, on a tiny random Qwen2 model:
-the cached path must generate exactly the tokens of the plain left-padded path."""
+"""The transformers backend's own decoding loop, on a tiny random Qwen2 model: with and without
+the shared-prefix key/value cache, and with rows that end early leaving the batch, greedy
+decoding must generate exactly the tokens of a plain one-prompt-at-a-time `model.generate`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from synth.backends import Prompt, TransformersBackend
+from synth.backends import Prompt, SamplingParams, TransformersBackend
 from synth.prompts import load_task_template
 from tests.synth.conftest import FAST, PERSONAS, transformers_config
 from tests.trainer.helpers import tiny_decoder
@@ -35,45 +36,99 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def generated_ids(backend: TransformersBackend, prompts: list[Prompt], monkeypatch) -> list:
-    """The new token ids of every `model.generate` call, and whether it got a prefix cache."""
+def decoded(
+    backend: TransformersBackend, prompts: list[Prompt], params: SamplingParams, monkeypatch
+) -> tuple[list, list]:
+    """(new token rows, whether it got a prefix cache) of every `_decode` call, and the
+    completions."""
     calls = []
-    generate = backend.model.generate
+    decode = backend._decode
 
-    def spy(**kwargs):
-        output = generate(**kwargs)
-        new = output[:, kwargs["input_ids"].shape[1] :].tolist()
-        calls.append((new, "past_key_values" in kwargs))
-        return output
+    def spy(input_ids, mask, prefix_cache, *args):
+        rows = decode(input_ids, mask, prefix_cache, *args)
+        calls.append((rows, prefix_cache is not None))
+        return rows
 
     with monkeypatch.context() as patch:
-        patch.setattr(backend.model, "generate", spy)
-        done = backend.generate(prompts, replace(FAST, max_tokens=12))
+        patch.setattr(backend, "_decode", spy)
+        done = backend.generate(prompts, params)
     assert len(done) == len(prompts) and all(c.completion_tokens > 0 for c in done)
-    return calls
+    return calls, done
 
 
-def test_prefix_cache_generates_the_same_tokens(tiny_lm, monkeypatch):
+def one_at_a_time(backend: TransformersBackend, prompts: list[Prompt], max_tokens: int) -> list:
+    """Greedy tokens of a plain `model.generate` per prompt (no padding, no cache), through the
+    first end-of-sequence token: what the batched loop must reproduce."""
+    import torch
+
+    eos = backend.model.generation_config.eos_token_id
+    rows = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = backend.tokenizer(
+                backend.render(prompt), return_tensors="pt", add_special_tokens=False
+            )
+            out = backend.model.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
+            new = out[0, ids.input_ids.shape[1] :].tolist()
+            rows.append(new[: new.index(eos) + 1] if eos in new else new)
+    return rows
+
+
+@pytest.fixture
+def prompts() -> list[Prompt]:
+    """Seven retrieval prompts and two sts ones: in batches of 3, sorted by template then
+    length, two retrieval batches share one cache; the last holds a retrieval prompt and both
+    sts ones, which share a shorter prefix."""
     retrieval, sts = load_task_template("retrieval"), load_task_template("sts")
     form = {"language": "English", **retrieval.forms["short-long"]}
-    prompts = [
+    return [
         retrieval.example_prompt(p, "Given a question, retrieve answers." + " More." * i, form)
         for i, p in enumerate((PERSONAS * 4)[:7])
     ] + [
         sts.example_prompt(PERSONAS[0], "Given a sentence about food.", {"language": "German"}),
         sts.example_prompt(PERSONAS[1], "Given a sentence.", {"language": "English"}),
     ]
-    # Batches of 3, sorted by template then length: two retrieval batches share one cache; the
-    # last holds a retrieval prompt and both sts ones, which share a shorter prefix.
+
+
+def test_batched_decoding_generates_the_tokens_of_one_at_a_time_generate(
+    tiny_lm, prompts, monkeypatch
+):
     cached = TransformersBackend(transformers_config(model=str(tiny_lm), batch_size=3))
     plain = TransformersBackend(
         transformers_config(model=str(tiny_lm), batch_size=3, prefix_cache=False)
     )
-    with_cache = generated_ids(cached, prompts, monkeypatch)
-    without = generated_ids(plain, prompts, monkeypatch)
-    assert [new for new, _ in with_cache] == [new for new, _ in without]
+    # The random model writes 12 tokens that differ between the templates; make a token only
+    # the retrieval rows write at step 6 the end of sequence: the mixed last batch then drops
+    # its retrieval row mid-way and decodes on with the two sts rows to the length limit. Both
+    # backends use the one loaded model, so both see that end of sequence.
+    params = replace(FAST, max_tokens=12)
+    full = one_at_a_time(cached, prompts, 12)
+    assert all(len(row) == 12 for row in full) and full[0] != full[-1]
+    monkeypatch.setattr(cached.model.generation_config, "eos_token_id", full[0][5])
+    expected = one_at_a_time(cached, prompts, 12)
+    assert sorted({len(row) for row in expected}) == [6, 12]
+
+    with_cache, done = decoded(cached, prompts, params, monkeypatch)
+    without, plain_done = decoded(plain, prompts, params, monkeypatch)
+    assert [rows for rows, _ in with_cache] == [rows for rows, _ in without]
+    assert sorted(row for rows, _ in with_cache for row in rows) == sorted(expected)
+    assert [len(row) for row in expected] == [c.completion_tokens for c in done]
+    assert [cached.tokenizer.decode(row[:-1] if len(row) < 12 else row) for row in expected] == [
+        c.text for c in done
+    ]
+    assert [(c.text, c.completion_tokens) for c in done] == [
+        (c.text, c.completion_tokens) for c in plain_done
+    ]
     assert [used for _, used in with_cache] == [True] * 3
     assert [used for _, used in without] == [False] * 3
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_lm, prompts):
+    backend = TransformersBackend(transformers_config(model=str(tiny_lm), batch_size=3))
+    params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=8, seed=3)
+    first = [c.text for c in backend.generate(prompts, params)]
+    assert [c.text for c in backend.generate(prompts, params)] == first
+    assert [c.text for c in backend.generate(prompts, replace(params, seed=4))] != first
 
 
 def test_batch_without_a_shared_prefix_takes_the_plain_path(tiny_lm, monkeypatch):
@@ -81,4 +136,5 @@ def test_batch_without_a_shared_prefix_takes_the_plain_path(tiny_lm, monkeypatch
         Prompt(({"role": "user", "content": f"Describe: {p}"},)) for p in ("a cook", "a pilot")
     ]
     backend = TransformersBackend(transformers_config(model=str(tiny_lm)))
-    assert [used for _, used in generated_ids(backend, prompts, monkeypatch)] == [False]
+    calls, _ = decoded(backend, prompts, replace(FAST, max_tokens=12), monkeypatch)
+    assert [used for _, used in calls] == [False]

@@ -1,8 +1,9 @@
 """Streaming readers for JSONL (.gz/.zst), Parquet, CSV/TSV and `datasets.save_to_disk` folders.
 
 Each yields pyarrow tables of at most about `batch_rows` rows, so a file larger than memory is
-never loaded whole. JSONL is parsed a block of lines at a time with polars (fast path); a block
-that fails is re-parsed line by line so the error can name the line, or, with
+never loaded whole. JSONL is parsed a block of lines at a time (pyarrow with the schema seen so
+far, polars inferring from every line when a block brings something new); a block
+that fails both is re-parsed line by line so the error can name the line, or, with
 `skip_invalid`, so exactly the bad lines are skipped and counted.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from corpus.errors import KalmixError
@@ -112,14 +114,35 @@ def _jsonl(
     path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats
 ) -> Iterator[pa.Table]:
     """Blocks of whole lines, cut at the last newline of a fixed-size read (no per-line Python),
-    parsed by polars on a small thread pool while the next block is read."""
+    parsed on a small thread pool while the next block is read.
+
+    Nothing may be dropped, so the schema cannot come from the first lines only (polars'
+    default silently ignores a key first seen after them). A block is parsed by pyarrow with
+    the schema known so far, which fails on any key or type it does not hold (nested ones
+    included); only then is the block parsed by polars inferring from every line (about twice
+    the cost), and what it finds joins the known schema.
+    """
+    known: list[pa.Schema] = []
 
     def parse(block: tuple[bytes, int]) -> pa.Table:
         data, first = block
+        if known:
+            options = pajson.ParseOptions(
+                explicit_schema=known[-1], unexpected_field_behavior="error"
+            )
+            try:
+                return pajson.read_json(io.BytesIO(data), parse_options=options)
+            except pa.ArrowInvalid:
+                pass  # a new key or type: infer from every line below
         try:
-            return pl.read_ndjson(io.BytesIO(data), infer_schema_length=None).to_arrow()
+            table = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None).to_arrow()
         except Exception:  # noqa: BLE001 - any parse failure falls back to the slow path
             return _jsonl_slow(data.split(b"\n"), first, path, skip_invalid, stats)
+        try:
+            known.append(pa.unify_schemas([*known[-1:], table.schema]))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            known.append(table.schema)
+        return table
 
     yield from prefetch_map(parse, _line_blocks(path, max(1 << 20, batch_rows * 256), stats))
 

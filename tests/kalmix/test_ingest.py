@@ -127,16 +127,21 @@ def test_streams_in_batches(cat, tmp_path):
     assert info.rows == 5000 and info.read().column("query").to_pylist()[4999] == "q4999"
 
 
-def test_key_first_seen_late_in_a_block_is_kept(cat, tmp_path):
-    """polars infers from 100 lines by default and would drop `hard`; ingest must not."""
-    rows = [{"query": f"q{i}", "positive": f"p{i}"} for i in range(500)]
-    rows[400]["negatives"] = ["n400"]
-    rows[450]["hard"] = "late extra"
+def test_key_first_seen_late_is_kept(cat, tmp_path):
+    """polars infers from 100 lines by default and would drop `hard`; a later block parsed
+    with the schema of the first must not drop a new key either, nested ones included."""
+    rows = [{"query": f"q{i}", "positive": f"p{i}", "extra": {"a": i}} for i in range(40_000)]
+    rows[400]["hard"] = "late in the first block"
+    rows[39_000]["late"] = "in a later block"
+    rows[39_500]["extra"]["b"] = "nested, in a later block"
     path = write_jsonl(tmp_path / "late.jsonl", rows)
-    result = ingest(cat, path, name="late", category="faq-retrieval")
-    table = versions.resolve(cat, result.ref).read()
-    assert table.column("negatives").to_pylist()[400] == ["n400"]
-    assert json.loads(table.column("meta").to_pylist()[450])["hard"] == "late extra"
+    assert path.stat().st_size > 2 * (1 << 20)  # with batch_rows=4096: 1 MiB blocks, three
+    result = ingest(cat, path, name="late", category="faq-retrieval", batch_rows=4096)
+    meta = versions.resolve(cat, result.ref).read().column("meta").to_pylist()
+    assert json.loads(meta[400])["hard"] == "late in the first block"
+    assert json.loads(meta[39_000])["late"] == "in a later block"
+    assert json.loads(meta[39_500])["extra"] == {"a": 39_500, "b": "nested, in a later block"}
+    assert json.loads(meta[20_000])["extra"]["a"] == 20_000
 
 
 # --- bad input: a clear KalmixError and no partial version -------------------------------------

@@ -92,7 +92,7 @@ if [ -d "$SHARED" ]; then
   step "12. evaluate both on the local mteb suite (English subsets, $EVAL_LIMIT rows per split)"
   LIMIT=(); [ "$EVAL_LIMIT" -gt 0 ] && LIMIT=(--limit "$EVAL_LIMIT")
   for mix in raw curated; do run eval run "minilm-$mix" --suite local --subsets en "${LIMIT[@]}"; done
-  run eval compare --runs minilm-raw,minilm-curated --samples
+  run eval compare --runs minilm-raw,minilm-curated --samples --means
 fi
 
 step "done in $((SECONDS - START))s"

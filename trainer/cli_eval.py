@@ -176,6 +176,9 @@ def compare(
     samples: bool = typer.Option(
         False, "--samples", help="Compare the quick checks (eval --limit) instead of full splits."
     ),
+    means: bool = typer.Option(
+        False, "--means", help="Only the overall and task-type means (a narrow table)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Table of runs, models and reference models x tasks, with means per task type.
@@ -194,6 +197,9 @@ def compare(
         tasks=_split(tasks) or None,
         samples=samples,
     )
+    if means:
+        keep = ("model", "kind", "mixture")
+        table = table.select([c for c in table.column_names if c in keep or c.startswith("mean")])
     if as_json:
         print_json(table)
         return

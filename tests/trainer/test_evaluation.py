@@ -307,5 +307,8 @@ def test_cli_routes_a_path_to_run_and_lists_tasks(stsb_report, eval_ws, minilm):
     compared = runner.invoke(app, ["eval", "compare", "--no-reference", "--json"], env=env)
     assert compared.exit_code == 0, compared.output
     assert any(r["model"] == "all-MiniLM-L6-v2" for r in json.loads(compared.output))
+    means = runner.invoke(app, ["eval", "compare", "--means", "--json"], env=env)
+    assert means.exit_code == 0, means.output
+    assert set(json.loads(means.output)[0]) == {"model", "kind", "mixture", "mean", "mean_sts"}
     missing = runner.invoke(app, ["eval", "import-reference", str(Path("nope.csv"))], env=env)
     assert "reference file not found" in str(missing.exception)

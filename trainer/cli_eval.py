@@ -66,7 +66,7 @@ def run(
         None,
         "--limit",
         help="Quick check: a seeded sample of N rows per split of local tasks; stored under "
-        "split '<split>-sampleN' and left out of comparisons.",
+        "split '<split>-sampleN', compared only by `eval compare --samples`.",
     ),
     name: str = typer.Option(
         None, "--name", help="Name for a model folder's scores (default: the folder's name)."

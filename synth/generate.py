@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from corpus.errors import KalmixError
 from corpus.operator import OpResult, split_by_mask
-from corpus.schema import attach_ids
+from corpus.schema import RECORD_SCHEMA, attach_ids
 from synth.backends import Backend, BackendConfig, Prompt, SamplingParams, make_backend
 from synth.personas import job_id, parse_persona, rejection_removals
 from synth.prompts import PersonaTemplate, TaskTemplate, language_name
@@ -482,21 +482,8 @@ def examples_to_records(
     return out
 
 
-_RECORD_INPUT = pa.schema(
-    [
-        ("task_type", pa.string()),
-        ("category", pa.string()),
-        ("instruction", pa.string()),
-        ("query", pa.string()),
-        ("positive", pa.string()),
-        ("negatives", pa.list_(pa.string())),
-        ("score", pa.float64()),
-        ("label", pa.string()),
-        ("language", pa.string()),
-        ("source", pa.string()),
-        ("meta", pa.string()),
-    ]
-)
+# The record schema before `attach_ids` adds the content id.
+_RECORD_INPUT = RECORD_SCHEMA.remove(RECORD_SCHEMA.get_field_index("id"))
 
 
 def _drop_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:

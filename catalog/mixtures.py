@@ -57,10 +57,12 @@ import pyarrow.parquet as pq
 from catalog import queries, versions
 from catalog.db import Catalog, fetch_one
 from catalog.versions import NAME_RE, VersionRef, parse_ref
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.executor import prefetch_map
 from corpus.operator import DATASET_COLUMN
 from corpus.schema import RECORD_FIELDS, RECORD_SCHEMA, UNKNOWN_LANGUAGE, suggest
+from corpus.storage import StorePath
 
 WEIGHTINGS: tuple[str, ...] = ("proportional", "uniform", "temperature", "explicit")
 ROWS_FILE = "rows.parquet"
@@ -289,8 +291,8 @@ class _Pin:
     category: str
     instruction: str | None
     rows: int
-    path: Path
-    files: list[Path]
+    path: StorePath
+    files: list[StorePath]
     content_hash: str
     languages: dict[str, int]
 
@@ -406,7 +408,7 @@ def _select(cat: Catalog, spec: MixtureSpec) -> list[_Pin]:
         if is_eval:
             evals.append(name)
             continue
-        root = cat.workspace.root / path
+        root = cat.workspace.locate(path)
         pins.append(
             _Pin(
                 name,
@@ -416,7 +418,7 @@ def _select(cat: Catalog, spec: MixtureSpec) -> list[_Pin]:
                 spec.instructions.get(name, instruction),
                 n,
                 root,
-                [root / f for f in files],
+                [storage.join(root, f) for f in files],
                 chash,
                 json.loads(langs) if langs else {},
             )
@@ -597,13 +599,14 @@ def _sample_positions(n: int, taken: int, rng: np.random.Generator) -> np.ndarra
 
 def _file_offsets(pin: _Pin) -> np.ndarray:
     """Start row of each file, plus the end; checks the files against the catalog."""
-    try:
-        counts = [pq.read_metadata(f).num_rows for f in pin.files]
-    except FileNotFoundError as err:
-        raise KalmixError(
-            f"{pin.dataset}@v{pin.version}: data file missing ({err.filename}); run: kalmix "
-            "catalog check"
-        ) from None
+    counts = []
+    for f in pin.files:
+        try:
+            counts.append(storage.num_rows(f))
+        except FileNotFoundError:
+            raise KalmixError(
+                f"{pin.dataset}@v{pin.version}: data file missing ({f}); run: kalmix catalog check"
+            ) from None
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     if offsets[-1] != pin.rows:
         raise KalmixError(
@@ -622,7 +625,7 @@ def _sample(pin: _Pin, taken: int, seed: int) -> tuple[pa.Table, dict[str, int]]
     ids, langs = [], []
     for f in np.unique(file_idx):
         rows = row_idx[file_idx == f]
-        table = pq.ParquetFile(pin.files[f]).read(columns=["id", "language"]).take(rows)
+        table = storage.read_table(pin.files[f], ["id", "language"]).take(rows)
         ids.extend(table.column("id").chunks)
         langs.extend(table.column("language").chunks)
     language = pc.fill_null(pa.chunked_array(langs, pa.string()), UNKNOWN_LANGUAGE)
@@ -849,7 +852,7 @@ def _take_rows(
         [0, *cuts.tolist()], [*cuts.tolist(), len(file_idx)], strict=True
     ):
         rows = row_idx[seg_start:seg_end]
-        pf = pq.ParquetFile(files[int(file_idx[seg_start])])
+        pf = pq.ParquetFile(storage.open_input(files[int(file_idx[seg_start])]))
         offset = 0
         for rg in range(pf.num_row_groups):
             size = pf.metadata.row_group(rg).num_rows
@@ -874,7 +877,7 @@ def _take_rows(
         yield pa.concat_tables(pending, promote_options="permissive").combine_chunks()
 
 
-def _pinned_files(cat: Catalog, entries: list[ManifestEntry]) -> dict[str, list[Path]]:
+def _pinned_files(cat: Catalog, entries: list[ManifestEntry]) -> dict[str, list[StorePath]]:
     """Data files of each entry's pinned version, in one catalog read."""
     with cat.read() as con:
         rows = con.execute(
@@ -882,13 +885,13 @@ def _pinned_files(cat: Catalog, entries: list[ManifestEntry]) -> dict[str, list[
             " WHERE list_contains(?::VARCHAR[], dataset)",
             [[e.dataset for e in entries]],
         ).fetchall()
-    found = {(d, v): [cat.workspace.root / p / f for f in fs] for d, v, p, fs in rows}
+    found = {(d, v): [storage.join(cat.workspace.locate(p), f) for f in fs] for d, v, p, fs in rows}
     out = {}
     for e in entries:
         if (e.dataset, e.version) not in found:
             versions.resolve(cat, VersionRef(e.dataset, e.version))  # raises what is missing
         out[e.dataset] = found[(e.dataset, e.version)]
-        missing = [f.name for f in out[e.dataset] if not f.exists()]
+        missing = [storage.name(f) for f in out[e.dataset] if not storage.exists(f)]
         if missing:
             raise KalmixError(
                 f"{e.ref}: data file(s) missing ({', '.join(missing)}); run: kalmix catalog check"
@@ -935,7 +938,7 @@ def iter_dataset_tables(
     for entry in entries:
         read_cols = None
         if columns is not None:
-            schema = pq.read_schema(files[entry.dataset][0])
+            schema = storage.read_schema(files[entry.dataset][0])
             unknown = [c for c in columns if c not in schema.names]
             if unknown:
                 raise KalmixError(

@@ -2,7 +2,9 @@
 
 Data for a version is written into `data/<dataset>/.staging-<pid>-<uuid>/` by the caller, then
 `commit` computes stats and a content hash, renames the folder to `data/<dataset>/v<N>/` and
-inserts the catalog row in the same write transaction. If the transaction fails the folder is
+inserts the catalog row in the same write transaction. `data/` is the workspace's data root:
+its own folder, or an object store (`corpus.storage`), where the rename is a copy that the
+catalog row, committed after it, makes visible. If the transaction fails the folder is
 renamed back and removed; if the process dies between rename and commit the folder is an
 orphan that `kalmix catalog check` reports (and removes with `--fix`). Either way no
 half-registered version is visible and earlier versions are untouched.
@@ -14,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from catalog.db import Catalog, fetch_one
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.schema import RECORD_FIELDS, REMOVALS_SCHEMA, suggest
+from corpus.storage import StorePath
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 REF_RE = re.compile(r"^(?P<name>[^@]+?)(?:@v?(?P<version>\d+))?$")
@@ -72,8 +74,8 @@ class DatasetInfo:
 class VersionInfo:
     dataset: str
     version: int
-    path: Path
-    files: list[Path]
+    path: StorePath
+    files: list[StorePath]
     rows: int
     content_hash: str
     operation: str
@@ -92,7 +94,7 @@ class VersionInfo:
         if not self.files:
             return pa.table({})
         return pa.concat_tables(
-            [pq.read_table(f, columns=columns) for f in self.files], promote_options="permissive"
+            [storage.read_table(f, columns) for f in self.files], promote_options="permissive"
         )
 
 
@@ -101,11 +103,11 @@ class Staged:
     """A folder that a writer fills before `commit` makes it a version."""
 
     dataset: str
-    path: Path
+    path: StorePath
     removals: list[pa.Table] = field(default_factory=list)
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        storage.rmtree(self.path)
 
 
 @dataclass(frozen=True)
@@ -132,11 +134,10 @@ def check_name(name: str) -> str:
 
 def stage(cat: Catalog, dataset: str) -> Staged:
     check_name(dataset)
-    folder = cat.workspace.data_dir / dataset
+    folder = storage.join(cat.workspace.data_root, dataset)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
+        path = storage.join(folder, f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        storage.makedirs(path)
     except PermissionError as err:
         raise KalmixError(f"workspace data folder is not writable: {err.filename}") from None
     except OSError as err:
@@ -144,21 +145,21 @@ def stage(cat: Catalog, dataset: str) -> Staged:
     return Staged(dataset, path)
 
 
-def _content_hash(files: list[Path]) -> str:
+def _content_hash(files: list[StorePath]) -> str:
     digest = hashlib.sha256()
     for f in files:
-        with open(f, "rb") as fh:
+        with storage.open_input(f) as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 
 
-def compute_stats(files: list[Path]) -> dict[str, Any]:
+def compute_stats(files: list[StorePath]) -> dict[str, Any]:
     """Rows per language, task types and text-length percentiles, computed by DuckDB."""
     if not files:
         return {"rows": 0, "languages": {}}
     con = duckdb.connect()
-    src = f"read_parquet({[str(f) for f in files]!r}, union_by_name=true)"
+    src = storage.duckdb_scan(con, files)
     # One scan for the aggregates, one small GROUP BY for languages.
     quantiles = ", ".join(
         f"quantile_cont(length({col}), [0.5, 0.9, 0.99]), avg(length({col}))"
@@ -181,17 +182,13 @@ def compute_stats(files: list[Path]) -> dict[str, Any]:
     return {"rows": rows, "languages": languages, "chars": lengths, "labels": labels}
 
 
-def _version_files(path: Path) -> list[Path]:
-    return sorted(path.glob("*.parquet"))
-
-
 def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
     """Register versions atomically: all of them or none (one transaction)."""
     prepared = []
     for c in commits:
-        files = _version_files(c.staged.path)
+        files = storage.parquet_files(c.staged.path)
         if files:
-            schema = pq.read_schema(files[0])
+            schema = storage.read_schema(files[0])
             missing = [f for f in RECORD_FIELDS if f not in schema.names]
             if missing:
                 raise KalmixError(f"staged data lacks record fields {missing}")
@@ -204,10 +201,10 @@ def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
             for reason in removals.column("reason").to_pylist():
                 reasons[reason] = reasons.get(reason, 0) + 1
             stats.setdefault("removed_by_reason", reasons)
-        columns = pq.read_schema(files[0]).names if files else list(RECORD_FIELDS)
+        columns = storage.read_schema(files[0]).names if files else list(RECORD_FIELDS)
         prepared.append((c, files, stats, removals, columns))
 
-    moved: list[tuple[Path, Path]] = []
+    moved: list[tuple[StorePath, StorePath]] = []
     refs: list[VersionRef] = []
     try:
         with cat.write() as con:
@@ -221,8 +218,8 @@ def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
                         raise KalmixError(f"unknown dataset {name!r}")
                     _insert_dataset(con, c.info, columns)
                 number = _next_version(con, cat, name)
-                final = cat.workspace.data_dir / name / f"v{number}"
-                os.rename(c.staged.path, final)
+                final = storage.join(cat.workspace.data_root, name, f"v{number}")
+                storage.move(c.staged.path, final)
                 moved.append((final, c.staged.path))
                 langs = stats.get("languages", {})
                 con.execute(
@@ -232,10 +229,10 @@ def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
                     [
                         name,
                         number,
-                        str(final.relative_to(cat.workspace.root)),
-                        [f.name for f in files],
+                        cat.workspace.record(final),
+                        [storage.name(f) for f in files],
                         stats["rows"],
-                        _content_hash([final / f.name for f in files]),
+                        _content_hash([storage.join(final, storage.name(f)) for f in files]),
                         next(iter(langs), None),
                         list(langs),
                         c.parent.dataset if c.parent else None,
@@ -256,7 +253,7 @@ def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
     except BaseException:
         for final, original in reversed(moved):
             try:
-                os.rename(final, original)
+                storage.move(final, original)
             except OSError:
                 pass
         for c in commits:
@@ -295,9 +292,9 @@ def _next_version(con: duckdb.DuckDBPyConnection, cat: Catalog, name: str) -> in
         "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset = ?", [name]
     ).fetchall()[0][0]
     on_disk = [
-        int(p.name[1:])
-        for p in (cat.workspace.data_dir / name).glob("v*")
-        if p.is_dir() and p.name[1:].isdigit()
+        int(entry[1:])
+        for entry, is_dir in storage.listdir(storage.join(cat.workspace.data_root, name))
+        if is_dir and entry.startswith("v") and entry[1:].isdigit()
     ]
     return max([in_catalog, *on_disk]) + 1
 
@@ -336,12 +333,12 @@ def resolve(cat: Catalog, ref: VersionRef | str) -> VersionInfo:
                 f"{ref} does not exist; {ref.dataset} has versions: {', '.join(versions) or 'none'}"
             )
     version, path, files, rows, chash, operation, params, stats, pdataset, pversion = row
-    root = cat.workspace.root / path
+    root = cat.workspace.locate(path)
     return VersionInfo(
         dataset=ref.dataset,
         version=version,
         path=root,
-        files=[root / f for f in files],
+        files=[storage.join(root, f) for f in files],
         rows=rows,
         content_hash=chash,
         operation=operation,
@@ -363,42 +360,51 @@ def lineage(cat: Catalog, ref: VersionRef | str) -> list[VersionInfo]:
 
 @dataclass(frozen=True)
 class CheckReport:
-    orphans: list[Path]
-    stale_staging: list[Path]
+    orphans: list[StorePath]
+    stale_staging: list[StorePath]
     missing: list[str]
 
 
 def check(cat: Catalog, fix: bool = False) -> CheckReport:
     """Find version folders with no catalog row, abandoned staging folders, and missing data.
 
-    Dataset versions live in `data/<name>/vN/`, mixture versions in `mixtures/<name>/vN/`;
-    both are staged and renamed the same way, so both are checked the same way.
+    Dataset versions live in `data/<name>/vN/` (the data root, local or a store), mixture
+    versions in `mixtures/<name>/vN/`; both are staged and renamed the same way, so both are
+    checked the same way.
     """
-    root = cat.workspace.root
+    ws = cat.workspace
     with cat.read() as con:
         rows = con.execute("SELECT dataset, version, path, files FROM dataset_versions").fetchall()
         mixes = con.execute("SELECT mixture, version, ids_path FROM mixture_versions").fetchall()
-    registered = {(root / r[2]).resolve() for r in rows}
-    registered |= {(root / ids).parent.resolve() for _, _, ids in mixes if ids}
+    registered = {_key(ws.locate(r[2])) for r in rows}
+    registered |= {_key(ws.locate(ids).parent) for _, _, ids in mixes if ids}
     missing = [
-        f"{d}@v{v}" for d, v, p, files in rows if not all((root / p / f).exists() for f in files)
+        f"{d}@v{v}"
+        for d, v, p, files in rows
+        if not all(storage.exists(storage.join(ws.locate(p), f)) for f in files)
     ]
-    missing += [f"mixture {m}@v{v}" for m, v, ids in mixes if ids and not (root / ids).exists()]
+    missing += [f"mixture {m}@v{v}" for m, v, ids in mixes if ids and not ws.locate(ids).exists()]
     orphans, stale = [], []
-    folders = [*cat.workspace.data_dir.glob("*/*"), *(root / "mixtures").glob("*/*")]
-    for folder in sorted(folders):
-        if not folder.is_dir():
-            continue
-        if folder.name.startswith(".staging-"):
-            pid = int(folder.name.split("-")[1]) if folder.name.split("-")[1].isdigit() else -1
-            if not _pid_alive(pid):
-                stale.append(folder)
-        elif folder.name.startswith("v") and folder.resolve() not in registered:
-            orphans.append(folder)
+    for parent in (ws.data_root, ws.root / "mixtures"):
+        for name, is_dir in storage.listdir(parent):
+            folder = storage.join(parent, name)
+            for entry, is_version_dir in storage.listdir(folder) if is_dir else []:
+                if not is_version_dir:
+                    continue
+                if entry.startswith(".staging-"):
+                    pid = entry.split("-")[1]
+                    if not _pid_alive(int(pid) if pid.isdigit() else -1):
+                        stale.append(storage.join(folder, entry))
+                elif entry.startswith("v") and _key(storage.join(folder, entry)) not in registered:
+                    orphans.append(storage.join(folder, entry))
     if fix:
         for folder in orphans + stale:
-            shutil.rmtree(folder, ignore_errors=True)
+            storage.rmtree(folder)
     return CheckReport(orphans, stale, missing)
+
+
+def _key(path: StorePath) -> str:
+    return str(path).rstrip("/") if storage.is_uri(path) else str(Path(path).resolve())
 
 
 def _pid_alive(pid: int) -> bool:

@@ -16,12 +16,14 @@ from typing import Any
 import tomli_w
 
 from corpus.errors import KalmixError
+from corpus.storage import StorePath, is_uri
 
 CONFIG_NAME = "kalmix.toml"
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "catalog": {"lock_timeout_s": 60.0},
     "executor": {"kind": "local", "workers": 0},
+    "storage": {"data": ""},  # where version shards live: "" = <workspace>/data, or a URI
     "embedder": {"model": "", "batch_size": 64},
 }
 
@@ -51,6 +53,26 @@ class Workspace:
         return self.root / "data"
 
     @property
+    def data_root(self) -> StorePath:
+        """Where dataset versions are written: `data/` here, or `[storage] data` (a folder or
+        a URI such as s3://bucket/prefix, which Ray workers on other machines can reach)."""
+        configured = str((self.settings.get("storage") or {}).get("data") or "")
+        if not configured:
+            return self.data_dir
+        return configured if is_uri(configured) else self.root / Path(configured).expanduser()
+
+    def locate(self, path: str) -> StorePath:
+        """A path the catalog recorded: relative to the workspace, or a URI."""
+        return path if is_uri(path) else self.root / path
+
+    def record(self, path: StorePath) -> str:
+        """How the catalog records `path`: relative to the workspace when it is inside it."""
+        if is_uri(path):
+            return str(path)
+        path = Path(path)
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
@@ -65,20 +87,30 @@ class Workspace:
         return Catalog.open(self)
 
     @classmethod
-    def init(cls, root: Path) -> Workspace:
-        """Create (or complete) a workspace; idempotent, never touches existing data."""
+    def init(cls, root: Path, data: str | None = None) -> Workspace:
+        """Create (or complete) a workspace; idempotent, never touches existing data.
+
+        `data` sets `[storage] data`, where new dataset versions go (e.g. s3://bucket/prefix);
+        it is checked by writing there, so a wrong bucket or credentials fail now.
+        """
         root = Path(root).expanduser().resolve()
+        config = root / CONFIG_NAME
         try:
             for sub in ("data", "runs", "cache"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
-            config = root / CONFIG_NAME
-            if not config.exists():
+            settings = tomllib.loads(config.read_text()) if config.exists() else DEFAULT_SETTINGS
+            if data is not None:
+                settings = _merge(settings, {"storage": {"data": data}})
+                _check_writable(cls(root, _merge(DEFAULT_SETTINGS, settings)).data_root)
+            if data is not None or not config.exists():
                 config.write_text(
                     "# kalmix workspace settings; every key is optional.\n"
-                    + tomli_w.dumps(DEFAULT_SETTINGS)
+                    + tomli_w.dumps(settings)
                 )
         except PermissionError as err:
             raise KalmixError(f"cannot create a workspace at {root}: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise KalmixError(f"{config} is not valid TOML: {err}") from None
         ws = cls.load(root)
         ws.catalog()  # creates catalog.duckdb, applies migrations, seeds the taxonomy
         return ws
@@ -111,3 +143,16 @@ class Workspace:
             "no workspace: pass --workspace DIR, set KALMIX_HOME, or run inside one "
             "(create it with: kalmix init DIR)"
         )
+
+
+def _check_writable(root: StorePath) -> None:
+    """Write and remove a marker under `root`: an unreachable store fails with its reason."""
+    from corpus import storage
+
+    probe = storage.join(root, f".kalmix-probe-{os.getpid()}")
+    try:
+        storage.makedirs(probe)
+        storage.write_bytes(storage.join(probe, "ok"), b"ok")
+        storage.rmtree(probe)
+    except OSError as err:
+        raise KalmixError(f"cannot write to the data root {root}: {err}") from None

@@ -126,11 +126,11 @@ def encode_result(result) -> pa.Table:
     kept = result.table.append_column(REASON, pa.nulls(result.table.num_rows, pa.string()))
     kept = kept.append_column(DETAIL, pa.nulls(result.table.num_rows, pa.string()))
     removed = pa.table(
-        {
-            "id": result.removed.column("id"),
-            REASON: result.removed.column("reason"),
-            DETAIL: result.removed.column("detail"),
-        }
+        [result.removed.column(c) for c in ("id", "reason", "detail")],
+        # the kept rows' own id field (`not null`), so the decoded table keeps its schema
+        schema=pa.schema(
+            [kept.schema.field("id"), kept.schema.field(REASON), kept.schema.field(DETAIL)]
+        ),
     )
     return pa.concat_tables([kept, removed], promote_options="default")
 
@@ -188,8 +188,11 @@ class RayExecutor:
         return ray
 
     def map_operator(self, op: Callable, paths: list[str]) -> Iterator[tuple[pa.Table, pa.Table]]:
+        from corpus.storage import ray_paths
+
         ray = self._ray()
-        ds = ray.data.read_parquet(paths).map_batches(
+        files, filesystem = ray_paths(paths)
+        ds = ray.data.read_parquet(files, filesystem=filesystem).map_batches(
             _EncodedOperator(op), batch_format="pyarrow", batch_size=self.batch_rows
         )
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

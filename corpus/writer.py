@@ -1,17 +1,18 @@
 """Parquet shard writer: fixed-size shards, zstd, one schema per folder.
 
-It writes into a folder it is given (a catalog staging folder); atomicity comes from the
-catalog renaming that folder, so a writer killed mid-shard leaves only a staging folder.
+It writes into a folder it is given (a catalog staging folder, local or on a store); atomicity
+comes from the catalog renaming that folder, so a writer killed mid-shard leaves only a staging
+folder.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from corpus import storage
 from corpus.schema import RECORD_SCHEMA
+from corpus.storage import StorePath
 
 # Dictionary encoding pays off only for columns with few distinct values; trying it on the
 # text columns costs write time and then falls back to plain encoding anyway.
@@ -19,19 +20,19 @@ _DICTIONARY_COLUMNS = ["task_type", "category", "label", "language", "source"]
 
 
 class ShardWriter:
-    def __init__(self, folder: Path, rows_per_shard: int = 500_000, prefix: str = "part"):
-        self.folder = Path(folder)
+    def __init__(self, folder: StorePath, rows_per_shard: int = 500_000, prefix: str = "part"):
+        self.folder = folder
         self.rows_per_shard = rows_per_shard
         self.prefix = prefix
         self.rows = 0
-        self.files: list[Path] = []
+        self.files: list[StorePath] = []
         self._writer: pq.ParquetWriter | None = None
         self._in_shard = 0
         self._schema: pa.Schema | None = None
 
     def _open(self, schema: pa.Schema) -> None:
-        path = self.folder / f"{self.prefix}-{len(self.files):05d}.parquet"
-        self._writer = pq.ParquetWriter(
+        path = storage.join(self.folder, f"{self.prefix}-{len(self.files):05d}.parquet")
+        self._writer = storage.parquet_writer(
             path,
             schema,
             compression="zstd",
@@ -63,7 +64,7 @@ class ShardWriter:
             self._writer.close()
             self._writer = None
 
-    def close(self) -> list[Path]:
+    def close(self) -> list[StorePath]:
         """Finish; an empty result still gets one zero-row shard so the schema is kept."""
         if not self.files:
             self._open(self._schema or RECORD_SCHEMA)
@@ -77,7 +78,9 @@ class ShardWriter:
         self._close_shard()
 
 
-def write_table(folder: Path, table: pa.Table, rows_per_shard: int = 500_000) -> list[Path]:
+def write_table(
+    folder: StorePath, table: pa.Table, rows_per_shard: int = 500_000
+) -> list[StorePath]:
     with ShardWriter(folder, rows_per_shard) as writer:
         writer.write(table)
         return writer.close()

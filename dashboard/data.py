@@ -37,6 +37,7 @@ from catalog.mixtures import ManifestEntry, MixtureVersion
 from catalog.schema import LATEST_VERSION
 from catalog.versions import VersionInfo
 from catalog.workspace import Workspace
+from corpus import storage
 from corpus.errors import KalmixError
 
 TTL_S = 5
@@ -242,7 +243,7 @@ ORDER BY v.dataset, v.version
 
 
 def _existing(files: tuple[str, ...] | list[str]) -> list[str]:
-    return [f for f in files if Path(f).exists()]
+    return [f for f in files if storage.exists(f)]
 
 
 @st.cache_resource(show_spinner=False)
@@ -261,7 +262,7 @@ def removed_texts(parent_files: tuple[str, ...], ids: tuple[str, ...]) -> pa.Tab
     with _files_db().cursor() as con:
         return con.sql(
             f"SELECT id, any_value(query) AS query, any_value(positive) AS positive, "
-            f"any_value(label) AS label FROM read_parquet({files!r}, union_by_name = true) "
+            f"any_value(label) AS label FROM {storage.duckdb_scan(con, files)} "
             "WHERE id IN (SELECT unnest(?)) GROUP BY id",
             params=[list(ids)],
         ).to_arrow_table()
@@ -273,7 +274,7 @@ def sample_rows(files: tuple[str, ...], n: int = 20) -> pa.Table:
     existing = _existing(files)
     if not existing:
         return pa.table({})
-    pf = pq.ParquetFile(existing[0])
+    pf = pq.ParquetFile(storage.open_input(existing[0]))
     cols = [c for c in SAMPLE_COLUMNS if c in pf.schema_arrow.names]
     batch = next(pf.iter_batches(batch_size=n, columns=cols), None)
     return pa.Table.from_batches([batch]) if batch is not None else pa.table({})
@@ -291,14 +292,14 @@ def length_histogram(files: tuple[str, ...]) -> pa.Table:
     existing = _existing(files)
     if not existing:
         return pa.table(out)
-    names = pq.read_schema(existing[0]).names
+    names = storage.read_schema(existing[0]).names
     fields = [f for f in ("query", "positive") if f in names]
     if not fields:
         return pa.table(out)
     with _files_db().cursor() as con:
         got = con.sql(
             f"SELECT {', '.join(f'length({f}) AS {f}' for f in fields)} "
-            f"FROM read_parquet({existing!r}, union_by_name = true) LIMIT {LENGTH_SAMPLE_ROWS}"
+            f"FROM {storage.duckdb_scan(con, existing)} LIMIT {LENGTH_SAMPLE_ROWS}"
         ).to_arrow_table()
     merged = {f: got.column(f).drop_null().to_numpy().astype(np.int64) for f in fields}
     values = [v for v in merged.values() if v.size]

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.operator import DATASET_COLUMN, OpResult, empty_removals
 from filters.clusters import (
@@ -256,7 +256,7 @@ class _Annotate:
 
     def __call__(self, shard: pa.Table) -> pa.Table:
         [path], [dataset], [offset] = (shard.column(c).to_pylist() for c in shard.column_names)
-        table = pq.read_table(path)
+        table = storage.read_table(path)
         n = table.num_rows
         if dataset is not None:
             table = table.append_column(DATASET_COLUMN, pa.array([dataset] * n, pa.string()))
@@ -348,9 +348,9 @@ def dedup_on_ray(
     start = time.perf_counter()
     ray = executor._ray()
     across = shards[0][0] is not None
-    first = pq.read_schema(shards[0][1])
+    first = storage.read_schema(shards[0][1])
     record_text(first.empty_table(), config.fields)  # a bad --fields fails here, not in a task
-    sizes = [pq.read_metadata(path).num_rows for _, path in shards]
+    sizes = [storage.num_rows(path) for _, path in shards]
     n = int(sum(sizes))
     partitions = partitions or max(1, -(-n // ROWS_PER_PARTITION))
     offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(int).tolist()

@@ -46,15 +46,25 @@ def root(
 
 
 @app.command()
-def init(path: Path = typer.Argument(..., help="Folder to create (or complete).")) -> None:
+def init(
+    path: Path = typer.Argument(..., help="Folder to create (or complete)."),
+    data: str = typer.Option(
+        None,
+        "--data",
+        help="Where dataset versions go: a folder, or a pyarrow/fsspec URI such as "
+        "s3://bucket/prefix that Ray workers on other machines can reach (default: PATH/data; "
+        "sets [storage] data in kalmix.toml).",
+    ),
+) -> None:
     """Create a workspace: catalog.duckdb, data/, runs/, cache/ and kalmix.toml.
 
     Example: kalmix init ws/ && export KALMIX_HOME=ws
     """
-    ws = Workspace.init(path)
+    ws = Workspace.init(path, data)
     with ws.catalog().read() as con:
         n = con.execute("SELECT count(*) FROM categories").fetchall()[0][0]
-    console.print(f"workspace ready at {ws.root} ({n} task categories)")
+    where = "" if ws.data_root == ws.data_dir else f"; dataset versions in {ws.data_root}"
+    console.print(f"workspace ready at {ws.root} ({n} task categories{where})")
 
 
 @app.command()

@@ -13,11 +13,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from catalog import versions
 from catalog.db import Catalog
 from catalog.versions import Commit, VersionInfo, VersionRef
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.executor import LocalExecutor, RayExecutor, decode_result, encode_result
 from corpus.operator import DATASET_COLUMN, Operator, OpResult, empty_removals
@@ -90,7 +90,7 @@ class _ShardTask:
     op: Operator
 
     def __call__(self, path: str) -> tuple[pa.Table, pa.Table]:
-        return decode_result(encode_result(self.op(pq.read_table(path))))
+        return decode_result(encode_result(self.op(storage.read_table(path))))
 
 
 def apply(

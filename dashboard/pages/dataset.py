@@ -7,12 +7,12 @@ The dataset and version live in the URL (`?name=faq&v=2`) so a view can be share
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from corpus import storage
 from dashboard import data, ui
 
 root = ui.root()
@@ -122,7 +122,7 @@ with ui.guard("reading the dataset"):
         + f" · content hash `{info.content_hash[:12]}` · files under `{info.path}`"
     )
     files = tuple(str(f) for f in info.files)
-    missing = [f for f in files if not Path(f).exists()]
+    missing = [f for f in files if not storage.exists(f)]
     if missing:
         st.warning(
             f"{len(missing)} data file(s) of {info.ref} are missing on disk; "

@@ -155,23 +155,6 @@ def test_cli_dedup_within_and_across_datasets(cli, cat, tmp_path, docs):
     assert "no new version" in result.output and versions.resolve(cat, "a").version == 2
 
 
-@pytest.fixture
-def local_ray():
-    ray = pytest.importorskip("ray")
-    from ray.data.context import ShuffleStrategy
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    context = ray.data.DataContext.get_current()
-    default = context.shuffle_strategy
-    # Small data: the sort-based group-by starts no shuffle actors. The default hash shuffle
-    # gives the same groups; it is only slower to start on two cores.
-    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    yield ray
-    context.shuffle_strategy = default
-    ray.shutdown()
-
-
 def _sharded(cat, name: str, table: pa.Table) -> None:
     staged = versions.stage(cat, name)
     write_table(staged.path, table, rows_per_shard=8)

@@ -1,0 +1,214 @@
+"""Where Parquet shards live: a local folder, or any pyarrow or fsspec filesystem by URI.
+
+On a Ray cluster without a shared filesystem the workers on other machines must read the
+shards themselves, so a workspace can keep its dataset versions on an object store
+(`[storage] data = "s3://bucket/prefix"` in `kalmix.toml`). Paths stay plain values: a local
+`Path` (or path string), or a URI string. `resolve` turns either into a pyarrow filesystem and
+a path on it: pyarrow's own filesystems first (S3, GCS, HDFS, ABFS; credentials and endpoint
+from the usual environment, e.g. `AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`), then any installed
+fsspec protocol, wrapped. Local paths keep their fast, atomic local operations.
+
+An object store has no atomic folder rename: `move` copies file by file, then deletes. That
+is still safe for the catalog, because a version exists only once its catalog row commits,
+in the transaction that follows the move (see `catalog.versions.commit`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from corpus.errors import KalmixError
+
+StorePath = Path | str  # a local path, or a URI such as s3://bucket/key
+
+
+def is_uri(path: StorePath) -> bool:
+    """True for `scheme://...` other than `file://` (which is a local path)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def local(path: StorePath) -> Path:
+    text = str(path)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
+
+
+@lru_cache(maxsize=32)
+def _filesystem(scheme: str, authority: str) -> pafs.FileSystem:
+    uri = f"{scheme}://{authority}"
+    try:
+        return pafs.FileSystem.from_uri(uri)[0]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        pass  # not a pyarrow scheme: try fsspec
+    try:
+        import fsspec
+
+        fs = fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as err:
+        raise KalmixError(
+            f"no filesystem for {uri}: {err} (pyarrow knows s3://, gs://, hdfs://, abfs://; "
+            "other schemes need their fsspec package installed, e.g. adlfs, ossfs)"
+        ) from None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def resolve(path: StorePath) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it) for a local path or a URI; one filesystem per store."""
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), str(local(path).absolute())
+    parts = urlsplit(str(path))
+    fs = _filesystem(parts.scheme, parts.netloc)
+    if isinstance(fs, pafs.PyFileSystem):  # fsspec paths keep their authority (memory://a/b)
+        return fs, f"{parts.netloc}{parts.path}".rstrip("/") or "/"
+    return fs, f"{parts.netloc}{parts.path}".rstrip("/")
+
+
+def join(base: StorePath, *parts: str) -> StorePath:
+    if is_uri(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return local(base).joinpath(*parts)
+
+
+def name(path: StorePath) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def _info(path: StorePath) -> pafs.FileInfo:
+    fs, p = resolve(path)
+    return fs.get_file_info(p)
+
+
+def exists(path: StorePath) -> bool:
+    if not is_uri(path):
+        return local(path).exists()
+    return _info(path).type != pafs.FileType.NotFound
+
+
+def is_file(path: StorePath) -> bool:
+    if not is_uri(path):
+        return local(path).is_file()
+    return _info(path).type == pafs.FileType.File
+
+
+def listdir(folder: StorePath) -> list[tuple[str, bool]]:
+    """(name, is_folder) of each entry directly in `folder`, sorted; [] if it does not exist."""
+    if not is_uri(folder):
+        root = local(folder)
+        return sorted((p.name, p.is_dir()) for p in root.iterdir()) if root.is_dir() else []
+    fs, p = resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted((i.base_name, i.type == pafs.FileType.Directory) for i in infos)
+
+
+def parquet_files(folder: StorePath) -> list[StorePath]:
+    """The `.parquet` files directly in `folder`, by name."""
+    return [
+        join(folder, n) for n, is_dir in listdir(folder) if not is_dir and n.endswith(".parquet")
+    ]
+
+
+def makedirs(folder: StorePath) -> None:
+    if not is_uri(folder):
+        local(folder).mkdir(parents=True, exist_ok=True)
+        return
+    fs, p = resolve(folder)
+    fs.create_dir(p, recursive=True)
+
+
+def rmtree(folder: StorePath) -> None:
+    """Remove a folder and everything in it; missing is fine."""
+    if not is_uri(folder):
+        shutil.rmtree(local(folder), ignore_errors=True)
+        return
+    fs, p = resolve(folder)
+    try:
+        fs.delete_dir(p)
+    except FileNotFoundError:
+        pass
+
+
+def move(src: StorePath, dst: StorePath) -> None:
+    """Rename a folder: atomic `os.rename` locally; file by file (copy, delete) on a store."""
+    if not is_uri(src) and not is_uri(dst):
+        os.rename(local(src), local(dst))
+        return
+    fs, s = resolve(src)
+    _, d = resolve(dst)
+    if fs.get_file_info(d).type != pafs.FileType.NotFound:
+        raise FileExistsError(d)
+    for info in fs.get_file_info(pafs.FileSelector(s, recursive=True)):
+        if info.type == pafs.FileType.File:
+            fs.copy_file(info.path, d + info.path[len(s) :])
+    fs.delete_dir(s)
+
+
+def open_input(path: StorePath) -> Any:
+    """A random-access file to read (what `pq.ParquetFile` and hashing take)."""
+    fs, p = resolve(path)
+    return fs.open_input_file(p)
+
+
+def read_table(path: StorePath, columns: list[str] | None = None) -> pa.Table:
+    fs, p = resolve(path)
+    return pq.read_table(p, columns=columns, filesystem=fs)
+
+
+def read_schema(path: StorePath) -> pa.Schema:
+    fs, p = resolve(path)
+    return pq.read_schema(p, filesystem=fs)
+
+
+def num_rows(path: StorePath) -> int:
+    fs, p = resolve(path)
+    return pq.read_metadata(p, filesystem=fs).num_rows
+
+
+def parquet_writer(path: StorePath, schema: pa.Schema, **options: Any) -> pq.ParquetWriter:
+    fs, p = resolve(path)
+    return pq.ParquetWriter(p, schema, filesystem=fs, **options)
+
+
+def write_parquet(table: pa.Table, path: StorePath, **options: Any) -> None:
+    fs, p = resolve(path)
+    pq.write_table(table, p, filesystem=fs, **options)
+
+
+def write_bytes(path: StorePath, data: bytes) -> None:
+    fs, p = resolve(path)
+    with fs.open_output_stream(p) as out:
+        out.write(data)
+
+
+def duckdb_scan(con: Any, paths: list[StorePath], view: str = "shards") -> str:
+    """A DuckDB relation over Parquet files, columns united by name.
+
+    Local files go to DuckDB's own `read_parquet`. Files on a store are scanned as an Arrow
+    dataset registered on `con` under `view` (DuckDB's `httpfs` extension is a download,
+    which an offline machine cannot make; the Arrow scan still pushes projections down).
+    """
+    if not any(is_uri(p) for p in paths):
+        return f"read_parquet({[str(p) for p in paths]!r}, union_by_name = true)"
+    import pyarrow.dataset as pads
+
+    fs, _ = resolve(paths[0])
+    files = [resolve(p)[1] for p in paths]
+    schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
+    con.register(view, pads.dataset(files, schema=schema, format="parquet", filesystem=fs))
+    return view
+
+
+def ray_paths(paths: list[StorePath]) -> tuple[list[str], pafs.FileSystem | None]:
+    """Paths and filesystem for `ray.data.read_parquet` (None: Ray resolves local paths)."""
+    if not any(is_uri(p) for p in paths):
+        return [str(p) for p in paths], None
+    fs, _ = resolve(paths[0])
+    return [resolve(p)[1] for p in paths], fs

@@ -23,8 +23,10 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.executor import prefetch_map
+from corpus.storage import StorePath
 
 FORMATS = ("jsonl", "parquet", "csv", "tsv", "hf")
 
@@ -37,15 +39,15 @@ class ReadStats:
     bytes_read: int = 0
 
 
-def detect_format(path: Path) -> str:
-    if path.is_dir():
+def detect_format(path: StorePath) -> str:
+    if not storage.is_uri(path) and path.is_dir():
         if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
             return "hf"
         raise KalmixError(
             f"{path} is a folder but not a Hugging Face `save_to_disk` dataset "
             "(no state.json or dataset_dict.json)"
         )
-    name = path.name.lower()
+    name = storage.name(path).lower()
     for suffix in (".gz", ".zst", ".zstd"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
@@ -60,13 +62,13 @@ def detect_format(path: Path) -> str:
         if name.endswith(ext):
             return fmt
     raise KalmixError(
-        f"cannot tell the format of {path.name}: use a .jsonl/.ndjson (optionally .gz/.zst), "
+        f"cannot tell the format of {storage.name(path)}: use a .jsonl/.ndjson (optionally .gz/.zst), "
         ".parquet, .csv or .tsv file, or a `datasets` save_to_disk folder, or pass --format"
     )
 
 
 def iter_tables(
-    path: Path | str,
+    path: StorePath,
     fmt: str | None = None,
     *,
     batch_rows: int = 65_536,
@@ -74,8 +76,8 @@ def iter_tables(
     split: str | None = None,
     stats: ReadStats | None = None,
 ) -> Iterator[pa.Table]:
-    path = Path(path)
-    if not path.exists():
+    path = path if storage.is_uri(path) else Path(path)
+    if not storage.exists(path):
         raise KalmixError(f"input not found: {path}")
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
@@ -99,7 +101,10 @@ def iter_tables(
             yield table
 
 
-def _open_text(path: Path):
+def _open_text(path: StorePath):
+    """A binary stream of the file's bytes, decompressed (.gz, .zst)."""
+    if storage.is_uri(path):
+        return storage.open_input_stream(path)
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -111,7 +116,7 @@ def _open_text(path: Path):
 
 
 def _jsonl(
-    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats
+    path: StorePath, *, batch_rows: int, skip_invalid: bool, stats: ReadStats
 ) -> Iterator[pa.Table]:
     """Blocks of whole lines, cut at the last newline of a fixed-size read (no per-line Python),
     parsed on a small thread pool while the next block is read.
@@ -147,7 +152,9 @@ def _jsonl(
     yield from prefetch_map(parse, _line_blocks(path, max(1 << 20, batch_rows * 256), stats))
 
 
-def _line_blocks(path: Path, block_bytes: int, stats: ReadStats) -> Iterator[tuple[bytes, int]]:
+def _line_blocks(
+    path: StorePath, block_bytes: int, stats: ReadStats
+) -> Iterator[tuple[bytes, int]]:
     line_no = 0
     tail = b""
     with _open_text(path) as stream:
@@ -170,7 +177,7 @@ def _line_blocks(path: Path, block_bytes: int, stats: ReadStats) -> Iterator[tup
 
 
 def _jsonl_slow(
-    lines: list[bytes], first: int, path: Path, skip_invalid: bool, stats: ReadStats
+    lines: list[bytes], first: int, path: StorePath, skip_invalid: bool, stats: ReadStats
 ) -> pa.Table:
     rows = []
     for offset, line in enumerate(lines):
@@ -184,7 +191,7 @@ def _jsonl_slow(
             number = first + offset
             if not skip_invalid:
                 raise KalmixError(
-                    f"{path.name}: line {number} is not a JSON object ({err}); fix it or pass "
+                    f"{storage.name(path)}: line {number} is not a JSON object ({err}); fix it or pass "
                     "--skip-invalid to skip such lines (they are counted in the version's stats)"
                 ) from None
             stats.invalid += 1
@@ -217,18 +224,18 @@ def _jsonl_slow(
 
 
 def _parquet(
-    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats
+    path: StorePath, *, batch_rows: int, skip_invalid: bool, stats: ReadStats
 ) -> Iterator[pa.Table]:
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(storage.open_input(path))
     except (pa.ArrowInvalid, OSError) as err:
-        raise KalmixError(f"{path.name} is not a readable Parquet file: {err}") from None
+        raise KalmixError(f"{storage.name(path)} is not a readable Parquet file: {err}") from None
     for batch in pf.iter_batches(batch_size=batch_rows):
         yield pa.Table.from_batches([batch])
 
 
 def _csv(
-    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, delimiter: str
+    path: StorePath, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, delimiter: str
 ) -> Iterator[pa.Table]:
     with _open_text(path) as raw:
         head = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="").readline()
@@ -268,13 +275,15 @@ def _csv(
             yield pa.Table.from_batches(pending)
     except pa.ArrowInvalid as err:
         raise KalmixError(
-            f"{path.name}: malformed CSV ({err}); fix it or pass --skip-invalid"
+            f"{storage.name(path)}: malformed CSV ({err}); fix it or pass --skip-invalid"
         ) from None
 
 
 def _hf(
-    path: Path, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, split: str | None
+    path: StorePath, *, batch_rows: int, skip_invalid: bool, stats: ReadStats, split: str | None
 ) -> Iterator[pa.Table]:
+    if storage.is_uri(path):
+        raise KalmixError(f"{path}: a `datasets` save_to_disk folder must be on local disk")
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         chosen = split or ("train" if "train" in splits else None)

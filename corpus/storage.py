@@ -157,6 +157,12 @@ def open_input(path: StorePath) -> Any:
     return fs.open_input_file(p)
 
 
+def open_input_stream(path: StorePath) -> Any:
+    """A sequential stream, decompressed by the name's extension (.gz, .zst, .bz2, ...)."""
+    fs, p = resolve(path)
+    return fs.open_input_stream(p, compression="detect")
+
+
 def read_table(path: StorePath, columns: list[str] | None = None) -> pa.Table:
     fs, p = resolve(path)
     return pq.read_table(p, columns=columns, filesystem=fs)
@@ -184,7 +190,7 @@ def write_parquet(table: pa.Table, path: StorePath, **options: Any) -> None:
 
 def write_bytes(path: StorePath, data: bytes) -> None:
     fs, p = resolve(path)
-    with fs.open_output_stream(p) as out:
+    with fs.open_output_stream(p, compression=None) as out:  # the bytes as given
         out.write(data)
 
 

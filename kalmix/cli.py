@@ -69,8 +69,10 @@ def init(
 
 @app.command()
 def ingest(
-    file: Path = typer.Argument(
-        ..., help="JSONL (.gz/.zst), Parquet, CSV/TSV, or a `datasets` save_to_disk folder."
+    file: str = typer.Argument(
+        ...,
+        help="JSONL (.gz/.zst), Parquet, CSV/TSV, or a `datasets` save_to_disk folder; a file may "
+        "also be a URI (s3://bucket/faq.jsonl.gz, any pyarrow/fsspec filesystem).",
     ),
     name: str = typer.Option(
         ..., "--name", help="Dataset name; an existing name gets a new version."

@@ -9,6 +9,7 @@ from pathlib import Path
 from catalog import versions
 from catalog.db import Catalog, fetch_one
 from catalog.versions import Commit, DatasetInfo, VersionRef
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.executor import prefetch_map
 from corpus.readers import ReadStats, iter_tables
@@ -42,7 +43,7 @@ def ingest(
     progress=None,
 ) -> IngestResult:
     start = time.perf_counter()
-    path = Path(path)
+    path = path if storage.is_uri(path) else Path(path)
     versions.check_name(name)
     with cat.read() as con:
         row = fetch_one(
@@ -80,7 +81,7 @@ def ingest(
                 columns,
                 task_type=task_type,
                 category=category,
-                source=source or path.name,
+                source=source or storage.name(path),
                 language=language,
             )
 
@@ -103,7 +104,7 @@ def ingest(
         if existing:
             _check_schema(cat, name, columns)
         params = {
-            "file": str(path.resolve()),
+            "file": str(path) if storage.is_uri(path) else str(path.resolve()),
             "format": fmt,
             "map": columns,
             "language": language,
@@ -117,7 +118,7 @@ def ingest(
                 "ingest",
                 params,
                 info=DatasetInfo(
-                    name, category, task_type, source=source or path.name, is_eval=is_eval
+                    name, category, task_type, source=source or storage.name(path), is_eval=is_eval
                 ),
                 stats={"invalid_skipped": stats.invalid, "invalid_lines": stats.invalid_lines},
             ),

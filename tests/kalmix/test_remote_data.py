@@ -117,3 +117,33 @@ def test_unreachable_data_root_is_a_clear_error(tmp_path, s3_uri):
     assert Workspace.init(tmp_path / "ws").data_root == tmp_path / "ws" / "data"  # not kept
     with pytest.raises(KalmixError, match="no filesystem for nosuch://"):
         Workspace.init(tmp_path / "ws2", "nosuch://bucket/data")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".csv", ".parquet"])
+def test_ingest_input_from_s3(tmp_path, s3_uri, suffix):
+    """The input file itself on the store: streamed from there, decompressed by its name."""
+    import gzip
+
+    rows = _rows()[:20]
+    local_file = write_jsonl(tmp_path / "faq.jsonl", rows)
+    remote_file = f"{s3_uri}/inputs/faq{suffix}"
+    table = pa.Table.from_pylist(rows)
+    if suffix == ".parquet":
+        storage.write_parquet(table, remote_file)
+    elif suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, tmp_path / "faq.csv")
+        storage.write_bytes(remote_file, (tmp_path / "faq.csv").read_bytes())
+    else:
+        storage.write_bytes(remote_file, gzip.compress(local_file.read_bytes()))
+    cat = _workspace(tmp_path / "ws")
+    from kalmix.ingest import ingest
+
+    local = ingest(cat, local_file, name="local", category="faq-retrieval")
+    remote = ingest(cat, remote_file, name="remote", category="faq-retrieval")
+    assert remote.rows == 20
+    assert _ids(cat, str(remote.ref)) == _ids(cat, str(local.ref))
+    assert versions.resolve(cat, "remote").params["file"] == remote_file
+    with pytest.raises(KalmixError, match="input not found"):
+        ingest(cat, f"{s3_uri}/inputs/nope.jsonl", name="x", category="faq-retrieval")

@@ -93,12 +93,6 @@ def exists(path: StorePath) -> bool:
     return _info(path).type != pafs.FileType.NotFound
 
 
-def is_file(path: StorePath) -> bool:
-    if not is_uri(path):
-        return local(path).is_file()
-    return _info(path).type == pafs.FileType.File
-
-
 def listdir(folder: StorePath) -> list[tuple[str, bool]]:
     """(name, is_folder) of each entry directly in `folder`, sorted; [] if it does not exist."""
     if not is_uri(folder):
@@ -181,11 +175,6 @@ def num_rows(path: StorePath) -> int:
 def parquet_writer(path: StorePath, schema: pa.Schema, **options: Any) -> pq.ParquetWriter:
     fs, p = resolve(path)
     return pq.ParquetWriter(p, schema, filesystem=fs, **options)
-
-
-def write_parquet(table: pa.Table, path: StorePath, **options: Any) -> None:
-    fs, p = resolve(path)
-    pq.write_table(table, p, filesystem=fs, **options)
 
 
 def write_bytes(path: StorePath, data: bytes) -> None:

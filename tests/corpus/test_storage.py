@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from corpus import storage
-from corpus.writer import ShardWriter
+from corpus.writer import ShardWriter, write_table
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -29,7 +29,7 @@ def test_write_list_read_move_remove(root):
 
     final = storage.join(root, "faq", "v1")
     storage.move(folder, final)
-    assert not storage.exists(folder) and storage.is_file(storage.join(final, "part-00002.parquet"))
+    assert not storage.exists(folder) and storage.exists(storage.join(final, "part-00002.parquet"))
     assert ("v1", True) in storage.listdir(storage.join(root, "faq"))
     moved = storage.parquet_files(final)
     assert pa.concat_tables(storage.read_table(f) for f in moved).equals(table)
@@ -39,7 +39,7 @@ def test_write_list_read_move_remove(root):
 
     taken = storage.join(root, "faq", "v2")
     storage.makedirs(taken)
-    storage.write_parquet(table, storage.join(taken, "part-00000.parquet"))
+    write_table(taken, table)
     with pytest.raises(OSError):  # never onto a folder that holds data
         storage.move(final, taken)
     storage.rmtree(final)
@@ -53,8 +53,12 @@ def test_duckdb_scan_unites_columns_by_name(root):
     storage.makedirs(storage.join(root, "x"))
     a = storage.join(root, "x", "a.parquet")
     b = storage.join(root, "x", "b.parquet")
-    storage.write_parquet(pa.table({"id": ["1", "2"], "query": ["q1", "q2"]}), a)
-    storage.write_parquet(pa.table({"id": ["3"], "query": ["q3"], "label": ["L"]}), b)
+    for path, table in (
+        (a, pa.table({"id": ["1", "2"], "query": ["q1", "q2"]})),
+        (b, pa.table({"id": ["3"], "query": ["q3"], "label": ["L"]})),
+    ):
+        with storage.parquet_writer(path, table.schema) as writer:
+            writer.write_table(table)
     con = duckdb.connect()
     got = con.sql(f"SELECT id, label FROM {storage.duckdb_scan(con, [a, b])} ORDER BY id")
     assert got.fetchall() == [("1", None), ("2", None), ("3", "L")]
@@ -71,10 +75,9 @@ def test_fsspec_only_scheme_is_wrapped():
     """memory:// is fsspec's, not pyarrow's: it is reached through pyarrow's fsspec handler."""
     root = "memory://kalmix-test/data"
     storage.makedirs(root)
-    path = storage.join(root, "t.parquet")
-    storage.write_parquet(pa.table({"a": [1, 2]}), path)
+    [path] = write_table(root, pa.table({"a": [1, 2]}))
     assert storage.read_table(path).column("a").to_pylist() == [1, 2]
-    assert storage.listdir(root) == [("t.parquet", False)]
+    assert storage.listdir(root) == [("part-00000.parquet", False)]
 
 
 def test_unknown_scheme_is_a_clear_error():

@@ -12,6 +12,7 @@ from catalog.workspace import Workspace
 from corpus import storage
 from corpus.errors import KalmixError
 from corpus.sample import python_docs_records
+from corpus.writer import write_table
 from tests.conftest import write_jsonl
 
 
@@ -91,7 +92,7 @@ def test_commit_and_check_on_s3(tmp_path, s3_uri, monkeypatch):
 
     orphan, stale = f"{s3_uri}/faq/v7", f"{s3_uri}/faq/.staging-999999999-abcd"
     for folder in (orphan, stale):
-        storage.write_parquet(pa.table({"a": [1]}), f"{folder}/part-00000.parquet")
+        write_table(folder, pa.table({"a": [1]}))
     assert ingest(cat, source, name="faq", category="faq-retrieval").ref.version == 8  # not v7
     report = versions.check(cat)
     assert report.orphans == [orphan] and report.stale_staging == [stale] and not report.missing
@@ -129,7 +130,8 @@ def test_ingest_input_from_s3(tmp_path, s3_uri, suffix):
     remote_file = f"{s3_uri}/inputs/faq{suffix}"
     table = pa.Table.from_pylist(rows)
     if suffix == ".parquet":
-        storage.write_parquet(table, remote_file)
+        with storage.parquet_writer(remote_file, table.schema) as writer:
+            writer.write_table(table)
     elif suffix == ".csv":
         import pyarrow.csv as pacsv
 

@@ -625,7 +625,8 @@ def _sample(pin: _Pin, taken: int, seed: int) -> tuple[pa.Table, dict[str, int]]
     ids, langs = [], []
     for f in np.unique(file_idx):
         rows = row_idx[file_idx == f]
-        table = storage.read_table(pin.files[f], ["id", "language"]).take(rows)
+        pf = pq.ParquetFile(storage.open_input(pin.files[f]))
+        table = pf.read(columns=["id", "language"]).take(rows)
         ids.extend(table.column("id").chunks)
         langs.extend(table.column("language").chunks)
     language = pc.fill_null(pa.chunked_array(langs, pa.string()), UNKNOWN_LANGUAGE)

@@ -66,10 +66,8 @@ def resolve(path: StorePath) -> tuple[pafs.FileSystem, str]:
     if not is_uri(path):
         return pafs.LocalFileSystem(), str(local(path).absolute())
     parts = urlsplit(str(path))
-    fs = _filesystem(parts.scheme, parts.netloc)
-    if isinstance(fs, pafs.PyFileSystem):  # fsspec paths keep their authority (memory://a/b)
-        return fs, f"{parts.netloc}{parts.path}".rstrip("/") or "/"
-    return fs, f"{parts.netloc}{parts.path}".rstrip("/")
+    # both pyarrow (bucket/key) and fsspec (memory://a/b -> a/b) keep the authority in the path
+    return _filesystem(parts.scheme, parts.netloc), f"{parts.netloc}{parts.path}".rstrip("/") or "/"
 
 
 def join(base: StorePath, *parts: str) -> StorePath:
@@ -194,8 +192,7 @@ def duckdb_scan(con: Any, paths: list[StorePath], view: str = "shards") -> str:
         return f"read_parquet({[str(p) for p in paths]!r}, union_by_name = true)"
     import pyarrow.dataset as pads
 
-    fs, _ = resolve(paths[0])
-    files = [resolve(p)[1] for p in paths]
+    fs, files = _on_store(paths)
     schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
     con.register(view, pads.dataset(files, schema=schema, format="parquet", filesystem=fs))
     return view
@@ -205,5 +202,10 @@ def ray_paths(paths: list[StorePath]) -> tuple[list[str], pafs.FileSystem | None
     """Paths and filesystem for `ray.data.read_parquet` (None: Ray resolves local paths)."""
     if not any(is_uri(p) for p in paths):
         return [str(p) for p in paths], None
-    fs, _ = resolve(paths[0])
-    return [resolve(p)[1] for p in paths], fs
+    fs, files = _on_store(paths)
+    return files, fs
+
+
+def _on_store(paths: list[StorePath]) -> tuple[pafs.FileSystem, list[str]]:
+    """The store's filesystem and the paths on it (the files of one version share a store)."""
+    return resolve(paths[0])[0], [resolve(p)[1] for p in paths]

@@ -312,3 +312,25 @@ def test_cli_routes_a_path_to_run_and_lists_tasks(stsb_report, eval_ws, minilm):
     assert set(json.loads(means.output)[0]) == {"model", "kind", "mixture", "mean", "mean_sts"}
     missing = runner.invoke(app, ["eval", "import-reference", str(Path("nope.csv"))], env=env)
     assert "reference file not found" in str(missing.exception)
+
+
+def test_classification_fast_labels_match_mteb(shared_data):
+    """The list-based undersampling and scoring give exactly mteb's picks and scores."""
+    import numpy as np
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    from trainer.evaluation.tasks import LOCAL_BY_NAME, LoadOptions
+
+    task = LOCAL_BY_NAME["KalmixSNIPSClassification"].make(shared_data, LoadOptions())
+    task.load_data()
+    train = task.dataset["train"]
+    ours = mteb_idxs = None
+    for i in range(3):
+        _, ours, picked = task._undersample_data(train, i, ours)
+        _, mteb_idxs, mteb_picked = AbsTaskClassification._undersample_data(
+            task, train, i, mteb_idxs
+        )
+        assert picked == mteb_picked and ours == mteb_idxs
+    y = train["label"]
+    pred = np.array(list(y[:]))[::-1]
+    assert task._calculate_scores(y, pred) == AbsTaskClassification._calculate_scores(task, y, pred)

@@ -224,6 +224,39 @@ class _FromFiles:
             self.dataset = self.reader()
             self.data_loaded = True
 
+    # Classification only (mteb calls these two from AbsTaskClassification). mteb indexes a
+    # `datasets` Column row by row: numpy converts one for sklearn's metrics, and undersampling
+    # reads one label per call, which cost about a minute per Banking77 evaluation on 2 cores.
+    # The same labels as a list give the same scores (tests/trainer/test_evaluation.py).
+
+    def _calculate_scores(self, y_test: Any, y_pred: Any) -> Any:
+        return super()._calculate_scores(_as_list(y_test), y_pred)
+
+    def _undersample_data(
+        self, dataset: Any, experiment_num: int, idxs: list[int] | None = None
+    ) -> tuple[Any, list[int], list[int]]:
+        """mteb's `_undersample_data` (same seed, same shuffle, same picks), labels read once."""
+        import numpy as np
+
+        if idxs is None:
+            idxs = list(range(len(dataset)))
+        np.random.RandomState(self.seed).shuffle(idxs)
+        labels = _as_list(dataset[self.label_column_name])
+        counts: dict[Any, int] = {}
+        sampled = []
+        for i in idxs:
+            if counts.get(labels[i], 0) < self.samples_per_label:
+                sampled.append(i)
+                counts[labels[i]] = counts.get(labels[i], 0) + 1
+        return dataset.select(sampled), idxs, sampled
+
+
+def _as_list(column: Any) -> Any:
+    """A `datasets` Column as a plain list, read in one slice; anything else unchanged."""
+    from datasets.arrow_dataset import Column
+
+    return column[:] if isinstance(column, Column) else column
+
 
 @functools.cache
 def _mteb_class(name: str) -> type:

@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from catalog.workspace import Workspace
 from corpus.console import console, print_json, print_table
+from corpus.errors import KalmixError
 
 HELP = """Evaluate with mteb; scores go to the catalog.
 
@@ -47,8 +48,10 @@ def _split(text: str | None) -> tuple[str, ...]:
 
 @app.command("run")
 def run(
-    target: str = typer.Argument(
-        ..., metavar="RUN_OR_MODEL_PATH", help="A run name, or a sentence-transformers folder."
+    targets: list[str] = typer.Argument(
+        ...,
+        metavar="RUN_OR_MODEL_PATH...",
+        help="Run names or sentence-transformers folders; several share one load of the data.",
     ),
     suite: str = typer.Option(
         None,
@@ -75,13 +78,16 @@ def run(
     device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: best available)."),
     as_json: bool = typer.Option(False, "--json", help="Print the score rows as JSON."),
 ) -> None:
-    """Evaluate a run (its exported model) or a model folder; record the scores.
+    """Evaluate runs (their exported models) or model folders; record the scores.
+
+    Several targets share one load of mteb and the task data; with one target its score table
+    is printed, with several one line each (then compare them with `kalmix eval compare`).
 
     Each text is embedded once per model (cached in the workspace). mteb's result JSON is kept under runs/<run>/eval/ (runs/_models/<name>/eval/ for a folder).
 
-    Example: kalmix eval my-run --tasks STSBenchmark,Banking77Classification
+    Example: kalmix eval my-run other-run --tasks STSBenchmark,Banking77Classification
     """
-    from trainer.evaluation.run import EvalConfig, evaluate
+    from trainer.evaluation.run import EvalConfig, evaluate_many
 
     cat = Workspace.resolve().catalog()
     config = EvalConfig(
@@ -92,25 +98,32 @@ def run(
         batch_size=batch_size,
         device=device,
     )
-    report = evaluate(cat, target, config, name=name)
+    if name and len(targets) > 1:
+        raise KalmixError("--name names one model folder's scores; evaluate one target with it")
+    reports = evaluate_many(cat, targets, config, names=[name] * len(targets))
     if as_json:
-        print_json([r.__dict__ for r in report.rows])
+        print_json([r.__dict__ for report in reports for r in report.rows])
         return
-    for note in report.notes:
+    for note in reports[0].notes:
         console.print(f"[yellow]note:[/] {note}")
     import pyarrow as pa
 
-    table = pa.table(
-        {
-            "task": [r.task for r in report.rows],
-            "type": [r.task_type for r in report.rows],
-            "split": [r.split for r in report.rows],
-            "subset": [r.subset for r in report.rows],
-            "main_score": [round(r.main_score, 4) for r in report.rows],
-        }
-    )
-    print_table(table, title=f"{report.target.model}: main scores")
-    console.print(report.line())
+    for report in reports if len(reports) == 1 else []:
+        table = pa.table(
+            {
+                "task": [r.task for r in report.rows],
+                "type": [r.task_type for r in report.rows],
+                "split": [r.split for r in report.rows],
+                "subset": [r.subset for r in report.rows],
+                "main_score": [round(r.main_score, 4) for r in report.rows],
+            }
+        )
+        print_table(table, title=f"{report.target.model}: main scores")
+    for report in reports:
+        console.print(report.line())
+    if len(reports) > 1:
+        runs = ",".join(r.target.model for r in reports)
+        console.print(f"compare them with: kalmix eval compare --runs {runs}")
 
 
 @app.command("list-tasks")
@@ -139,7 +152,6 @@ def list_tasks(
 
 
 def _workspace_or_none() -> Workspace | None:
-    from corpus.errors import KalmixError
 
     try:
         return Workspace.resolve()

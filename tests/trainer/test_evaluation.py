@@ -334,3 +334,26 @@ def test_classification_fast_labels_match_mteb(shared_data):
     y = train["label"]
     pred = np.array(list(y[:]))[::-1]
     assert task._calculate_scores(y, pred) == AbsTaskClassification._calculate_scores(task, y, pred)
+
+
+def test_several_targets_share_one_evaluation(stsb_report, eval_ws, minilm, tmp_path):
+    """`kalmix eval A B` scores both on the same tasks in one call; --name needs one target."""
+    from kalmix.cli import app
+
+    copy = tmp_path / "minilm-copy"
+    shutil.copytree(minilm, copy)
+    runner = CliRunner()
+    env = {"KALMIX_HOME": str(eval_ws.root), "KALMIX_EVAL_DATA": str(SHARED_DATA)}
+    out = runner.invoke(app, ["eval", minilm, str(copy), "--tasks", "STSBenchmark"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "compare them with: kalmix eval compare --runs all-MiniLM-L6-v2,minilm-copy" in (
+        " ".join(out.output.split())
+    )
+    scores = (
+        eval_ws.catalog()
+        .query("SELECT model, main_score FROM scores WHERE model = 'minilm-copy'")
+        .to_pylist()
+    )
+    assert len(scores) == 1 and abs(scores[0]["main_score"] - 0.8203) < 0.001
+    named = runner.invoke(app, ["eval", minilm, str(copy), "--name", "x"], env=env)
+    assert "--name names one model folder" in str(named.exception)

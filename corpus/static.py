@@ -235,10 +235,16 @@ def read_table(folder: Path) -> np.ndarray:
     """The [vocabulary, dims] table of a saved static model."""
     from safetensors.numpy import load_file
 
-    files = sorted(Path(folder).glob("*StaticEmbedding/model.safetensors"))
-    if not files:
+    folder = Path(folder)
+    modules = folder / "modules.json"
+    paths = [
+        m["path"]
+        for m in (json.loads(modules.read_text()) if modules.exists() else [])
+        if m["type"].endswith(".StaticEmbedding")
+    ]
+    if not paths:
         raise KalmixError(f"{folder} is not a static model (no StaticEmbedding module)")
-    return load_file(files[0])["embedding.weight"]
+    return load_file(folder / paths[0] / "model.safetensors")["embedding.weight"]
 
 
 def builtin_path(name: str, cache_dir: Path | None = None) -> Path:

@@ -13,7 +13,8 @@ What becomes a training example (`Example`):
   is another example of the same label in the dataset, the hard negatives are examples of other
   labels, and every text carries its label group so that the loss never uses an example of the
   query's own label as a negative. Labels with a single example cannot give a positive.
-The instruction goes on the query side only, written with `instruction_template`.
+The instruction goes on the query side only, written with `instruction_template`, when
+`query_instructions` is on (the transformer default; off for static models, see config.py).
 
 Batches (`BatchSampler`), following KaLM's semi-homogeneous batching: each batch draws
 `homogeneous_share` of its queries from one dataset (picked with probability proportional to
@@ -96,7 +97,7 @@ class Source:
     ) -> None:
         self.name = name
         self.index = index
-        self.template = cfg.instruction_template
+        self.template = cfg.instruction_template if cfg.query_instructions else None
         self.task_type = table.column("task_type")[0].as_py() if table.num_rows else "retrieval"
         self.rows_in = table.num_rows
         col = {c: table.column(c).combine_chunks() for c in COLUMNS if c in table.column_names}
@@ -156,7 +157,9 @@ class Source:
     def _prompt(self, row: int) -> str:
         query = self.query[row].as_py()
         instruction = self.instruction[row].as_py()
-        return self.template.format(instruction=instruction) + query if instruction else query
+        if not (instruction and self.template):
+            return query
+        return self.template.format(instruction=instruction) + query
 
     def raw_query(self, row: int) -> str:
         return self.query[row].as_py()
@@ -406,8 +409,10 @@ MTEB_TASK_TYPES = {
 ASYMMETRIC = ("retrieval", "reranking")
 
 
-def mixture_prompts(entries: list[ManifestEntry], template: str) -> dict[str, str]:
+def mixture_prompts(entries: list[ManifestEntry], template: str | None) -> dict[str, str]:
     """Named prompts for the exported model, from the instructions the mixture trained with.
+
+    None (a model trained without instructions) gives no prompts at all.
 
     Per task type, the instruction of its largest category (by rows taken); retrieval-like
     types get `<Type>-query` and an empty `<Type>-document` (documents were never instructed),
@@ -415,6 +420,8 @@ def mixture_prompts(entries: list[ManifestEntry], template: str) -> dict[str, st
     task type's) and `document` is empty: mteb resolves task name, then task type, then
     query/document.
     """
+    if template is None:
+        return {}
     rows: dict[tuple[str, str], int] = {}
     for e in entries:
         if e.instruction and e.rows_taken:

@@ -20,6 +20,9 @@ by sentence-transformers itself so the installed version can always load it. A m
 with Matryoshka dims declares them as `matryoshka_dims` in `config_sentence_transformers.json`
 (sentence-transformers ignores keys it does not know; `declared_dims` reads them), so a user
 can pick one: `SentenceTransformer(path, truncate_dim=256)`.
+
+`check_base`, `load_model` and `export_model` choose between this module and the static token
+table of `trainer/static.py` by the config's `arch` (the trainer calls only these).
 """
 
 from __future__ import annotations
@@ -159,6 +162,34 @@ def load_embedder(base: str, pooling: str, *, gradient_checkpointing: bool = Fal
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     return model, tokenizer
+
+
+def check_base(cfg) -> None:
+    """A bad `--base` for the config's architecture fails here, before any data is read."""
+    if cfg.arch == "static":
+        from trainer.static import static_base
+
+        static_base(cfg.base)
+    else:
+        resolve_base(cfg.base)
+
+
+def load_model(cfg, cache_dir: Path | None = None):
+    """(model, tokenizer) of the config's architecture, float32 on CPU."""
+    if cfg.arch == "static":
+        from trainer.static import load_static
+
+        return load_static(cfg, cache_dir)
+    return load_embedder(cfg.base, cfg.pooling, gradient_checkpointing=cfg.gradient_checkpointing)
+
+
+def export_model(model: nn.Module, tokenizer, out: Path, **settings) -> Path:
+    """The sentence-transformers export of either architecture (see the two exporters)."""
+    if isinstance(model, Embedder):
+        return export_sentence_transformers(model, tokenizer, out, **settings)
+    from trainer.static import export_static
+
+    return export_static(model, tokenizer, out, **settings)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

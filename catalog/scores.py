@@ -288,3 +288,71 @@ def compare_table(
         ]
     )
     return pa.table(data, schema=schema)
+
+
+def lift_table(
+    cat: Catalog, runs: Sequence[str], *, baseline: str | None = None, samples: bool = False
+) -> list[dict[str, Any]]:
+    """Runs grouped by mixture name: mean and standard deviation over the group's runs (its
+    seeds) of the overall and task-type means, then each group's lift over `baseline`.
+
+    A mixture version fixes its seed, so the seeds of one experiment are versions of one mixture
+    name (`raw@v1`, `raw@v2`, ...): grouping by name gathers them. The lift is paired: for every
+    seed that both groups trained with (the run config's `seed`), the group's mean minus the
+    baseline's, then the mean and spread of those differences. Pairing removes what the seed
+    does to both sides alike, which is most of a small proxy's spread.
+    """
+    table = compare_table(cat, runs=runs, include_reference=False, samples=samples)
+    names = table.column("model").to_pylist()
+    info = {
+        r["name"]: (r["mixture"], json.loads(r["config"] or "{}").get("seed"))
+        for r in cat.query("SELECT name, mixture, config FROM runs").to_pylist()
+    }
+    not_runs = [n for n in names if n not in info or info[n][0] is None]
+    if not_runs:
+        raise KalmixError(
+            f"--by-mixture groups training runs by mixture; {', '.join(not_runs)} "
+            "is not a run trained on a mixture"
+        )
+    metrics = [c for c in table.column_names if c == "mean" or c.startswith("mean_")]
+    values = {m: table.column(m).to_pylist() for m in metrics}
+    groups: dict[str, dict[Any, dict[str, float | None]]] = {}
+    for i, name in enumerate(names):
+        mixture, seed = info[name]
+        groups.setdefault(mixture, {})[seed if seed is not None else name] = {
+            m: values[m][i] for m in metrics
+        }
+    if baseline is not None and baseline not in groups:
+        raise KalmixError(
+            f"baseline mixture {baseline!r} has no compared run; groups: {', '.join(groups)}"
+        )
+
+    def spread(xs: list[float | None]) -> tuple[float | None, float | None]:
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return None, None
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+        return mean, sd
+
+    out = []
+    for mixture, by_seed in groups.items():
+        row: dict[str, Any] = {"group": mixture, "runs": len(by_seed)}
+        for m in metrics:
+            row[m], row[f"{m}_sd"] = spread([r[m] for r in by_seed.values()])
+        out.append(row)
+    for mixture, by_seed in groups.items():
+        if baseline is None or mixture == baseline:
+            continue
+        base = groups[baseline]
+        paired = sorted(set(by_seed) & set(base), key=str)
+        row = {"group": f"{mixture} - {baseline}", "runs": len(paired)}
+        for m in metrics:
+            diffs = [
+                by_seed[s][m] - base[s][m]
+                for s in paired
+                if by_seed[s][m] is not None and base[s][m] is not None
+            ]
+            row[m], row[f"{m}_sd"] = spread(diffs)
+        out.append(row)
+    return out

@@ -46,6 +46,26 @@ def _split(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
 
 
+def _runs_matching(cat, patterns: tuple[str, ...]) -> list[str]:
+    """Names as given, with shell patterns (`proxy-*`) expanded over the evaluated models."""
+    import fnmatch
+
+    if not any(ch in p for p in patterns for ch in "*?["):
+        return list(patterns)
+    known = [r["model"] for r in cat.query("SELECT DISTINCT model FROM scores").to_pylist()]
+    out: list[str] = []
+    for pattern in patterns:
+        hits = (
+            sorted(fnmatch.filter(known, pattern))
+            if any(c in pattern for c in "*?[")
+            else [pattern]
+        )
+        if not hits:
+            raise KalmixError(f"--runs {pattern!r} matches no evaluated run or model")
+        out += [h for h in hits if h not in out]
+    return out
+
+
 @app.command("run")
 def run(
     targets: list[str] = typer.Argument(
@@ -191,20 +211,63 @@ def compare(
     means: bool = typer.Option(
         False, "--means", help="Only the overall and task-type means (a narrow table)."
     ),
+    by_mixture: bool = typer.Option(
+        False,
+        "--by-mixture",
+        help="Group runs by mixture name (the seeds of an experiment): mean ± sd over runs.",
+    ),
+    baseline: str = typer.Option(
+        None,
+        "--baseline",
+        help="With --by-mixture: add each group's lift over this mixture, paired by seed.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Table of runs, models and reference models x tasks, with means per task type.
 
     Each cell is a task's main score from the latest evaluation (mean over language subsets);
-    a mean is empty when the model lacks one of the tasks it averages.
+    a mean is empty when the model lacks one of the tasks it averages. --runs takes names or
+    shell patterns (proxy-*). --by-mixture turns the runs of several seeds into one row per
+    mixture (mean ± standard deviation), and --baseline adds the paired lift of each over it.
 
-    Example: kalmix eval compare --runs base,mix-a --tasks STSBenchmark,LCQMC
+    Example: kalmix eval compare --runs 'proxy-*' --by-mixture --baseline raw
     """
-    from catalog.scores import compare_table
+    from catalog.scores import compare_table, lift_table
 
+    cat = Workspace.resolve().catalog()
+    picked = _runs_matching(cat, _split(runs)) if runs else None
+    if baseline and not by_mixture:
+        raise KalmixError("--baseline goes with --by-mixture")
+    if by_mixture:
+        if not picked:
+            raise KalmixError("--by-mixture needs --runs: the runs of the mixtures to compare")
+        rows = lift_table(cat, picked, baseline=baseline, samples=samples)
+        if as_json:
+            print_json(rows)
+            return
+        import pyarrow as pa
+
+        metrics = [k for k in rows[0] if k.startswith("mean") and not k.endswith("_sd")]
+        cells = {
+            "mixture": [r["group"] for r in rows],
+            "runs": [str(r["runs"]) for r in rows],
+            **{
+                m: [
+                    ""
+                    if r[m] is None
+                    else f"{r[m]:+.4f} ± {r[m + '_sd']:.4f}"
+                    if " - " in r["group"]
+                    else f"{r[m]:.4f} ± {r[m + '_sd']:.4f}"
+                    for r in rows
+                ]
+                for m in metrics
+            },
+        }
+        print_table(pa.table(cells), title="by mixture: mean ± sd over runs (lift: paired)")
+        return
     table = compare_table(
-        Workspace.resolve().catalog(),
-        runs=_split(runs) or None,
+        cat,
+        runs=picked,
         include_reference=reference,
         tasks=_split(tasks) or None,
         samples=samples,

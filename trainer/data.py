@@ -156,10 +156,10 @@ class Source:
 
     def _prompt(self, row: int) -> str:
         query = self.query[row].as_py()
-        instruction = self.instruction[row].as_py()
-        if not (instruction and self.template):
+        if self.template is None:
             return query
-        return self.template.format(instruction=instruction) + query
+        instruction = self.instruction[row].as_py()
+        return self.template.format(instruction=instruction) + query if instruction else query
 
     def raw_query(self, row: int) -> str:
         return self.query[row].as_py()
@@ -363,7 +363,8 @@ class BatchSampler:
             else:
                 return
             example = source.example(row, rng, self.k)
-            if picked.add(source.raw_query(row), example):
+            raw = example.query if source.template is None else source.raw_query(row)
+            if picked.add(raw, example):
                 taken += 1
             else:
                 later[d].append(row)

@@ -38,17 +38,50 @@ from trainer.model import default_base, resolve_base
 
 class StaticEmbedder(nn.Module):
     """EmbeddingBag (mean) + L2 normalisation; the parameter is `embedding.weight`, as in
-    sentence-transformers' StaticEmbedding."""
+    sentence-transformers' StaticEmbedding.
+
+    The bag's backward is sparse and `densify_grad` writes it into a dense gradient buffer kept
+    between steps: the optimizer (AdamW, the same as for transformers) needs a dense gradient,
+    and a fresh dense gradient each step costs a 31 MB zero-fill of newly mapped memory (9 of a
+    step's 45 ms on 2 cores at 30k x 256). On one process only the rows the last step touched
+    are zeroed again, and the gradient's norm comes from those rows (`grad_norm`, for clipping).
+    """
 
     pooling = "mean"
     is_decoder = False
 
     def __init__(self, vocab_size: int, dims: int, weights: np.ndarray | None = None) -> None:
         super().__init__()
-        self.embedding = nn.EmbeddingBag(vocab_size, dims, mode="mean")
+        self.embedding = nn.EmbeddingBag(vocab_size, dims, mode="mean", sparse=True)
         if weights is not None:
             with torch.no_grad():
                 self.embedding.weight.copy_(torch.as_tensor(weights, dtype=torch.float32))
+        self._grad: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None  # rows of the buffer that may be nonzero
+        self.grad_norm: torch.Tensor | None = None
+
+    def densify_grad(self, *, partial: bool = True) -> None:
+        """Make the weight's sparse gradient dense, in the kept buffer (call after backward).
+
+        `partial`: the buffer holds nothing but the last step's rows (False when something else,
+        e.g. an all-reduce over processes, may write any row).
+        """
+        weight = self.embedding.weight
+        grad = weight.grad
+        if grad is None or not grad.is_sparse:
+            return
+        grad = grad.coalesce()  # duplicate rows summed, rows sorted
+        rows, values = grad.indices()[0], grad.values()
+        if self._grad is None or self._grad.device != weight.device:
+            self._grad = torch.zeros_like(weight)
+        elif partial and self._rows is not None:
+            self._grad.index_fill_(0, self._rows, 0.0)
+        else:
+            self._grad.zero_()
+        self._grad.index_copy_(0, rows, values)
+        self._rows = rows if partial else None
+        self.grad_norm = torch.linalg.vector_norm(values) if partial else None
+        weight.grad = self._grad
 
     def forward(self, input_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.embedding(input_ids, offsets), dim=-1)

@@ -215,6 +215,12 @@ class Stepper:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.step = 0  # the run's step, seeds the hard-negative mixing draws
 
+    @property
+    def grad_norm(self) -> torch.Tensor | None:
+        """The gradient's norm when the model knows it already (a static model on one process;
+        after `backward`), else None."""
+        return self.model.grad_norm if self.static else None
+
     def _embed(self, ids: list[list[int]]) -> torch.Tensor:
         if self.static:
             return self.encode(*pack(ids, self.d.device))
@@ -281,6 +287,7 @@ class Stepper:
         if self.static:  # one pass, no sorting, no GradCache (see module docstring)
             out = self._loss(self._embed(b.ids), b)
             out.loss.backward()
+            self.model.densify_grad(partial=self.d.world == 1)
             if self.d.world > 1:
                 all_reduce_grads(self.params, self.d.world)
             return out

@@ -106,6 +106,19 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
     )
 
 
+def _clip(
+    params: list[torch.nn.Parameter], max_norm: float, total: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`clip_grad_norm_`, minus its multiply by exactly 1.0 when nothing is clipped (the same
+    bits; on a static model's 8M-entry table that multiply is 2 ms a step); `total` is the
+    gradient's norm when the caller knows it already."""
+    if total is None:
+        total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if max_norm / (total + 1e-6) < 1.0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
+
+
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
     """The metrics lines of steps up to `upto` (a resumed run drops steps it will redo)."""
     if not path.exists():
@@ -377,7 +390,7 @@ class _Run:
             examples = stage.sampler.next_batch()[d.rank * local : (d.rank + 1) * local]
             stepper.step = self.step
             out, tokens = stepper.backward(examples)
-            grad_norm = torch.nn.utils.clip_grad_norm_(stepper.params, cfg.max_grad_norm)
+            grad_norm = _clip(stepper.params, cfg.max_grad_norm, stepper.grad_norm)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()

@@ -18,7 +18,6 @@ Usage: python benchmarks/static_wordnet.py [--seeds 1] [--baseline] [--limit N]
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -57,18 +56,13 @@ def wordnet_pairs(limit: int | None = None) -> list[tuple[str, str]]:
     return out[:limit] if limit else out
 
 
-def stsb_rows() -> list[tuple[str, str, float]]:
-    with open(STSB, newline="", encoding="utf-8") as fh:
-        return [(r["sentence1"], r["sentence2"], float(r["score"])) for r in csv.DictReader(fh)]
-
-
 SCORE = """
-def stsb_spearman(model):
+def stsb_spearman(model):  # cosine: sentence-transformers' own static model has no Normalize
     import csv
     from scipy.stats import spearmanr
     rows = list(csv.DictReader(open(STSB, newline="", encoding="utf-8")))
-    a = model.encode([r["sentence1"] for r in rows], batch_size=1024)
-    b = model.encode([r["sentence2"] for r in rows], batch_size=1024)
+    a = model.encode([r["sentence1"] for r in rows], batch_size=1024, normalize_embeddings=True)
+    b = model.encode([r["sentence2"] for r in rows], batch_size=1024, normalize_embeddings=True)
     return float(spearmanr((a * b).sum(axis=1), [float(r["score"]) for r in rows]).statistic)
 """
 

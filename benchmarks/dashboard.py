@@ -56,18 +56,18 @@ APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
 # (page, query parameters, session state before the run): each page, and each tab that
 # reads something of its own.
 VIEWS: dict[str, tuple[str, dict, dict]] = {
-    "catalog: categories": ("pages/catalog.py", {}, {}),
-    "catalog: datasets": ("pages/catalog.py", {}, {"catalog_tab": "Datasets"}),
-    "dataset (50k rows, 10 versions)": ("pages/dataset.py", {"name": "ds-0001"}, {}),
+    "catalog: categories": ("views/catalog.py", {}, {}),
+    "catalog: datasets": ("views/catalog.py", {}, {"catalog_tab": "Datasets"}),
+    "dataset (50k rows, 10 versions)": ("views/dataset.py", {"name": "ds-0001"}, {}),
     "mixtures: build, preview of one task type": (
-        "pages/mixtures.py",
+        "views/mixtures.py",
         {},
         {"mb_types": ["retrieval"]},
     ),
-    "mixtures: versions": ("pages/mixtures.py", {}, {"mix_tab": "Versions"}),
-    "mixtures: diff": ("pages/mixtures.py", {}, {"mix_tab": "Diff"}),
-    "runs": ("pages/runs.py", {"run": "run-000"}, {}),
-    "compare": ("pages/compare.py", {}, {}),
+    "mixtures: versions": ("views/mixtures.py", {}, {"mix_tab": "Versions"}),
+    "mixtures: diff": ("views/mixtures.py", {}, {"mix_tab": "Diff"}),
+    "runs": ("views/runs.py", {"run": "run-000"}, {}),
+    "compare": ("views/compare.py", {}, {}),
 }
 
 

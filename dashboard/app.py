@@ -2,6 +2,11 @@
 
 The workspace comes from `KALMIX_HOME` (set by `kalmix dashboard --workspace DIR`). If it is
 missing or unreadable the app says why and how to fix it instead of showing any page.
+
+The pages live in `views/`, not `pages/`: Streamlit auto-discovers a `pages/` folder beside
+the main script, which put raw file names in the sidebar and ran a page's script without this
+file when its URL (e.g. `/mixtures`) was a session's first request. Only `st.navigation`
+below routes now; each page's URL is its file name (`/dataset`, `/mixtures`, ...).
 """
 
 from __future__ import annotations
@@ -10,24 +15,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import data
+from dashboard import ui
 
 HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="kalmix", page_icon=":material/dataset:", layout="wide")
 
-if "root" not in st.session_state:  # checked once per browser session
-    try:
-        root = data.workspace_root()
-        trouble = data.problem(root)
-    except Exception as err:  # an unreadable workspace is a message, never a traceback
-        trouble = data.error_text(err)
-    if trouble:
-        st.title("kalmix")
-        st.error(trouble)
-        st.stop()
-    st.session_state["root"] = root
-root = st.session_state["root"]
+root = ui.root()
 
 with st.sidebar:
     st.caption(f"workspace `{root}`")
@@ -37,12 +31,12 @@ with st.sidebar:
 pages = st.navigation(
     [
         st.Page(
-            HERE / "pages/catalog.py", title="Catalog", icon=":material/category:", default=True
+            HERE / "views/catalog.py", title="Catalog", icon=":material/category:", default=True
         ),
-        st.Page(HERE / "pages/dataset.py", title="Dataset", icon=":material/table_view:"),
-        st.Page(HERE / "pages/mixtures.py", title="Mixtures", icon=":material/blender:"),
-        st.Page(HERE / "pages/runs.py", title="Runs", icon=":material/model_training:"),
-        st.Page(HERE / "pages/compare.py", title="Compare", icon=":material/leaderboard:"),
+        st.Page(HERE / "views/dataset.py", title="Dataset", icon=":material/table_view:"),
+        st.Page(HERE / "views/mixtures.py", title="Mixtures", icon=":material/blender:"),
+        st.Page(HERE / "views/runs.py", title="Runs", icon=":material/model_training:"),
+        st.Page(HERE / "views/compare.py", title="Compare", icon=":material/leaderboard:"),
     ]
 )
 pages.run()

@@ -9,13 +9,30 @@ from contextlib import contextmanager
 import streamlit as st
 
 from corpus.errors import KalmixError
+from dashboard import data
 from dashboard.data import error_text
 
 log = logging.getLogger("kalmix.dashboard")
 
 
 def root() -> str:
-    """The workspace root that `app.py` resolved for this session."""
+    """This session's workspace root, resolved and checked on its first script run.
+
+    Any page may be a session's first request (a bookmark, a shared link), so every page asks
+    here rather than relying on `app.py` having run first. A workspace that cannot be shown
+    is a message and the end of the script run, never a traceback.
+    """
+    if "root" not in st.session_state:
+        try:
+            found = data.workspace_root()
+            trouble = data.problem(found)
+        except Exception as err:  # an unreadable workspace is a message, never a traceback
+            trouble = error_text(err)
+        if trouble:
+            st.title("kalmix")
+            st.error(trouble)
+            st.stop()
+        st.session_state["root"] = found
     return st.session_state["root"]
 
 

@@ -18,12 +18,13 @@ from catalog import mixtures, runs, scores
 from dashboard import actions
 from tests.dashboard.conftest import APP, dead_pid
 
+VIEWS = APP.parent / "views"
 PAGES = (
-    "pages/catalog.py",
-    "pages/dataset.py",
-    "pages/mixtures.py",
-    "pages/runs.py",
-    "pages/compare.py",
+    "views/catalog.py",
+    "views/dataset.py",
+    "views/mixtures.py",
+    "views/runs.py",
+    "views/compare.py",
 )
 
 
@@ -81,7 +82,7 @@ def test_catalog_page_taxonomy_with_gaps_and_filtered_datasets(dashboard_ws, use
 
 def test_dataset_page_lineage_distributions_and_removals(dashboard_ws, use_ws):
     use_ws(dashboard_ws)
-    at = clean(render("pages/dataset.py", name="faq"))
+    at = clean(render("views/dataset.py", name="faq"))
     assert at.subheader[0].value == "faq@v3"
     dot = spec(at, "graphviz_chart")
     assert '"faq@v1" -> "faq@v2"' in dot and "exact_dup 4" in dot and "too_short 7" in dot
@@ -101,13 +102,13 @@ def test_dataset_page_lineage_distributions_and_removals(dashboard_ws, use_ws):
     at.selectbox[1].select(1).run()
     assert "removed no rows" in texts(clean(at).info)
 
-    missing = render("pages/dataset.py", name="faqq")
+    missing = render("views/dataset.py", name="faqq")
     assert not missing.exception and "unknown dataset 'faqq'" in texts(missing.error)
 
 
 def test_mixture_builder_previews_creates_and_diffs(fresh_ws, use_ws):
     use_ws(fresh_ws)
-    at = clean(render("pages/mixtures.py"))
+    at = clean(render("views/mixtures.py"))
     assert "Choose datasets" in texts(at.info)
     at.session_state["mb_mode"] = "SQL WHERE"
     at.session_state["mb_where"] = "task_type = 'retrieval' OR task_type = 'sts'"
@@ -146,17 +147,17 @@ def test_mixture_builder_previews_creates_and_diffs(fresh_ws, use_ws):
 
 def test_runs_page_shows_status_curves_logs_and_stale_runs(dashboard_ws, use_ws):
     use_ws(dashboard_ws)
-    at = clean(render("pages/runs.py", run="run-a"))
+    at = clean(render("views/runs.py", run="run-a"))
     assert frame(at, "status").shape[0] == 4
     curves = " ".join(c.proto.spec for c in at.get("plotly_chart"))
     assert "loss" in curves and "throughput" in curves and "learning rate" in curves
     assert "done" in texts(at.code)
 
-    failed = render("pages/runs.py", run="run-b")
+    failed = render("views/runs.py", run="run-b")
     assert not failed.exception
     assert "loss became NaN" in texts(failed.error) and "Traceback" in texts(failed.code)
 
-    stale = clean(render("pages/runs.py", run="run-d"))
+    stale = clean(render("views/runs.py", run="run-d"))
     assert "process" in texts(stale.warning) and "gone" in texts(stale.warning)
 
 
@@ -175,7 +176,7 @@ def test_cancel_sends_sigterm_to_the_runs_process(fresh_ws, use_ws):
             git_commit=None,
             pid=proc.pid,
         )
-        at = clean(render("pages/runs.py", run="run-live"))
+        at = clean(render("views/runs.py", run="run-live"))
         at.button(key="cancel_run-live").click().run()
         assert proc.wait(timeout=20) == -signal.SIGTERM
     finally:
@@ -199,7 +200,7 @@ def test_launch_starts_a_kalmix_command_that_outlives_the_caller(fresh_ws):
 
 def test_compare_page_table_deltas_heat_map_and_radar(dashboard_ws, use_ws):
     use_ws(dashboard_ws)
-    at = clean(render("pages/compare.py"))
+    at = clean(render("views/compare.py"))
     table = frame(at, "kind")
     expected = scores.compare_table(dashboard_ws.catalog()).to_pandas()
     assert len(table) == len(expected) and (table["kind"] == "reference").sum() >= 4
@@ -301,3 +302,19 @@ def test_metrics_reader_skips_a_half_written_line(tmp_path):
     path.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n" + '{"step": 2, "lo')
     table = data.metrics(str(path), path.stat().st_size)
     assert table.column("step").to_pylist() == [1]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_each_page_works_as_the_first_script_of_a_session(page, dashboard_ws, use_ws):
+    """A page run before (or without) app.py, as a deep link's first request was: it finds
+    the workspace itself instead of failing on a session_state key app.py sets."""
+    use_ws(dashboard_ws)
+    at = AppTest.from_file(str(APP.parent / page), default_timeout=60)
+    clean(at.run())
+    assert at.title and at.title[0].value != "kalmix"
+
+
+def test_no_pages_folder_beside_the_app():
+    """Streamlit auto-discovers `pages/` beside the main script: its raw file names would be
+    listed in the sidebar and its scripts routed by URL without app.py."""
+    assert not (APP.parent / "pages").exists() and VIEWS.is_dir()

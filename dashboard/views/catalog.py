@@ -118,7 +118,7 @@ def datasets_tab(view: data.CatalogView) -> None:
             )
             if picked.selection.rows:
                 name = table.iloc[picked.selection.rows[0]]["name"]
-                st.switch_page("pages/dataset.py", query_params={"name": name})
+                st.switch_page("views/dataset.py", query_params={"name": name})
 
 
 def languages_tab(view: data.CatalogView) -> None:

@@ -1,1 +1,0 @@
-"""Dashboard pages, run by st.navigation in dashboard/app.py (a package so installs ship it)."""

@@ -436,22 +436,111 @@ def log_tail(path: Path, max_bytes: int = 32_768) -> str:
 # ----------------------------------------------------------------------------- compare page
 
 
+FULL_SPLIT = "full split"
+LABEL_COLUMNS = ("model", "kind", "mixture", "scores")
+
+
 @dataclass(frozen=True)
 class CompareView:
-    table: (
-        pa.Table
-    )  # `catalog.scores.compare_table`: model, kind, mixture, mean, mean_<type>, tasks
+    """Runs and reference models x tasks.
+
+    `table` has the label columns `model`, `kind` (run, model, reference), `mixture` and
+    `scores` ("full split", or "sampled (N rows per split)" for `kalmix eval run --limit N`),
+    then `mean`, `mean_<type>` and one column per task. A model evaluated both ways has two
+    rows: every mean is over one row's own scores, so sampled and full-split scores never
+    share a mean.
+    """
+
+    table: pa.Table
     task_types: dict[str, str]  # every scored task -> its task type ("other" when unknown)
+
+
+def _sample_sizes(cat: Catalog) -> dict[tuple[str, str | None], str]:
+    """(model, run) -> "100" or "50-100": the sample sizes of its latest sampled scores."""
+    rows = cat.query(
+        f"""
+        WITH latest AS (
+            SELECT model, run, split FROM scores
+            WHERE NOT is_reference AND split LIKE '%{scores.SAMPLE_SPLIT_MARK}%'
+            QUALIFY evaluated_at = max(evaluated_at) OVER (PARTITION BY model, run, task)
+        )
+        SELECT model, run,
+               min(TRY_CAST(regexp_extract(split, '{scores.SAMPLE_SPLIT_MARK}(\\d+)', 1) AS BIGINT))
+                   AS lo,
+               max(TRY_CAST(regexp_extract(split, '{scores.SAMPLE_SPLIT_MARK}(\\d+)', 1) AS BIGINT))
+                   AS hi
+        FROM latest GROUP BY model, run
+        """
+    ).to_pylist()
+    return {
+        (r["model"], r["run"]): str(r["lo"]) if r["lo"] == r["hi"] else f"{r['lo']}-{r['hi']}"
+        for r in rows
+    }
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def compare(root: str, tasks: tuple[str, ...] | None = None) -> CompareView:
-    """Runs and reference models x tasks, from `compare_table` (latest evaluation per task;
-    a mean is empty when a row lacks one of the tasks it averages)."""
+    """Full-split and sampled rows from `catalog.scores.compare_table` over the same task
+    columns (latest evaluation per task), means recomputed per row over the shown tasks.
+
+    The default columns are the tasks any run or model was evaluated on, full or sampled
+    (every reference task when none was): a reference model then has its scores on those
+    tasks beside the runs. A mean is empty when its row lacks one of the tasks it averages.
+    """
     with snapshot(root) as cat:
         types = cat.query(
             "SELECT task, coalesce(any_value(task_type), 'other') AS task_type FROM scores "
             "GROUP BY task ORDER BY task"
         ).to_pylist()
-        table = scores.compare_table(cat, tasks=list(tasks) if tasks else None)
-    return CompareView(table, {r["task"]: r["task_type"] for r in types})
+        task_types = {r["task"]: r["task_type"] for r in types}
+        if tasks:
+            columns = list(tasks)
+        else:
+            evaluated = cat.query("SELECT DISTINCT task FROM scores WHERE NOT is_reference")
+            columns = sorted(evaluated.column("task").to_pylist()) or sorted(task_types)
+        full = scores.compare_table(cat, tasks=columns) if columns else pa.table({})
+        sampled = scores.compare_table(cat, tasks=columns, samples=True) if columns else None
+        sizes = _sample_sizes(cat)
+    columns = sorted(columns, key=lambda t: (task_types.get(t, "other"), t))
+    rows: list[dict[str, Any]] = []
+    for table, is_sampled in ((full, False), (sampled, True)):
+        for r in table.to_pylist() if table is not None else []:
+            size = sizes.get((r["model"], r["model"] if r["kind"] == "run" else None))
+            size = size or sizes.get((r["model"], None)) or "?"
+            label = f"sampled ({size} rows per split)" if is_sampled else FULL_SPLIT
+            rows.append(
+                {
+                    "model": r["model"],
+                    "kind": r["kind"],
+                    "mixture": r["mixture"],
+                    "scores": label,
+                    "values": {t: r.get(t) for t in columns},
+                }
+            )
+    # Runs and models first (newest evaluation first, as compare_table orders them), each
+    # with its sampled row right after its full-split one; reference models last.
+    first = {}
+    for i, r in enumerate(rows):
+        first.setdefault((r["kind"], r["model"]), i)
+    rows.sort(
+        key=lambda r: (
+            r["kind"] == "reference",
+            first[(r["kind"], r["model"])],
+            r["scores"] != FULL_SPLIT,
+        )
+    )
+    present = sorted({task_types.get(t, "other") for t in columns})
+
+    def mean(values: dict[str, float | None], names: list[str]) -> float | None:
+        got = [values.get(t) for t in names]
+        return sum(got) / len(got) if got and None not in got else None
+
+    out: dict[str, list] = {c: [r[c] for r in rows] for c in LABEL_COLUMNS}
+    out["mean"] = [mean(r["values"], columns) for r in rows]
+    for task_type in present:
+        names = [t for t in columns if task_types.get(t, "other") == task_type]
+        out[f"mean_{task_type}"] = [mean(r["values"], names) for r in rows]
+    for task in columns:
+        out[task] = [r["values"][task] for r in rows]
+    schema = pa.schema([(c, pa.string() if c in LABEL_COLUMNS else pa.float64()) for c in out])
+    return CompareView(pa.table(out, schema=schema), task_types)

@@ -1,9 +1,11 @@
 """Compare page: mixture versions (through their runs) and reference models x MTEB tasks.
 
-The numbers are `catalog.scores.compare_table` (what `kalmix eval compare` prints): each
-task's main score from the latest evaluation, means per task type and overall, a mean left
-empty when a row lacks one of its tasks. Shown x100; deltas are against the chosen baseline
-row, column by column.
+The per-task numbers are `catalog.scores.compare_table`'s (what `kalmix eval compare` prints):
+each task's main score from the latest evaluation, full splits and sampled ones
+(`kalmix eval run --limit N`, what `make demo` runs) in separate rows labelled by their
+`scores` column, so a model evaluated both ways has two rows and no mean mixes the two
+(`data.compare`). Means per task type and overall are left empty when a row lacks one of
+their tasks. Shown x100; deltas are against the chosen baseline row, column by column.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ root = ui.root()
 st.title("Compare")
 DEFAULT_RUNS = 8
 RADAR_MAX = 12
-LABELS = ("model", "kind", "mixture")
+LABELS = data.LABEL_COLUMNS
 
 
 def row_labels(table: pd.DataFrame) -> list[str]:
-    """`run (mixture@vN)` for runs, the model name otherwise; unique."""
+    """`run (mixture@vN)` for runs, the model name otherwise, `· sampled` for sampled rows;
+    unique."""
     labels, seen = [], set()
     for r in table.itertuples():
         label = f"{r.model} ({r.mixture})" if isinstance(r.mixture, str) else r.model
+        if r.scores != data.FULL_SPLIT:
+            label = f"{label} · sampled"
         if label in seen:
             label = f"{label} [{r.kind}]"
         seen.add(label)
@@ -67,8 +72,9 @@ with ui.guard("reading scores"):
     if full.table.num_rows == 0:
         st.info(
             "No scores yet. Evaluate a training run with `kalmix eval RUN` (or from the Runs "
-            "page), and import the published scores of reference models (KaLM, bge, e5, MiniLM) "
-            "with `kalmix eval import-reference ../shared/data/reference_scores.csv`."
+            "page; `--limit N` for a quick sampled check), and import the published scores of "
+            "reference models (KaLM, bge, e5, MiniLM) with "
+            "`kalmix eval import-reference ../shared/data/reference_scores.csv`."
         )
         st.stop()
     types = sorted(set(full.task_types.values()))
@@ -103,10 +109,14 @@ with ui.guard("reading scores"):
     numbers = [c for c in table.columns if c not in LABELS]
     table[numbers] = table[numbers] * 100
     fmt = {c: st.column_config.NumberColumn(format="%.2f") for c in numbers}
+    fmt["scores"] = st.column_config.TextColumn(width="medium")
     st.markdown("#### Scores (x100)")
     st.caption(
         "`mean` is over every task shown, `mean_<type>` over the tasks of that type; a mean is "
-        "empty when the row lacks one of its tasks."
+        "empty when the row lacks one of its tasks. Rows marked *sampled* were evaluated on a "
+        "sample of each split (`kalmix eval run --limit N`): their means are over sampled "
+        "scores only, never mixed with full-split ones, and beside full-split rows (the "
+        "published reference scores are all full splits) they are estimates."
     )
     st.dataframe(table.drop(columns="model"), column_config=fmt, key="cmp_scores")
 

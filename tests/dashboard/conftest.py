@@ -1,6 +1,7 @@
 """A real workspace for the dashboard tests: the bundled sample ingested, two derived versions
 with removals (through `kalmix.pipeline.apply`), two mixture versions (`create_mixture`), runs
-in every state with metrics and logs, and scores for runs plus reference models.
+in every state with metrics and logs, and scores for runs (full splits and samples, as
+`kalmix eval run --limit` stores them) plus reference models.
 
 Runs and scores rows are written through `Catalog.write()` the way the trainer and `kalmix eval`
 record them, so the pages are tested without training a model.
@@ -117,6 +118,27 @@ def build_workspace(root: Path) -> Workspace:
     return ws
 
 
+SAMPLE_LIMIT = 100
+
+
+def sampled_rows(runs_: tuple[str, ...]) -> list[scores.ScoreRow]:
+    """Quick checks as `kalmix eval run RUN --limit 100` stores them (split `test-sample100`),
+    scored a little above each run's full-split scores so the two are told apart."""
+    return [
+        scores.ScoreRow(
+            model=run,
+            task=task,
+            task_type=TASKS[task],
+            split=f"test{scores.SAMPLE_SPLIT_MARK}{SAMPLE_LIMIT}",
+            subset="default",
+            main_score=0.50 + 0.01 * j + 0.03 * i,
+            run=run,
+        )
+        for i, task in enumerate(RUN_TASKS)
+        for j, run in enumerate(runs_)
+    ]
+
+
 def _runs_and_scores(ws: Workspace, cat) -> None:
     """Runs as the trainer records them and scores as `kalmix eval` and the reference import
     do, through `catalog.runs` and `catalog.scores`."""
@@ -166,6 +188,7 @@ def _runs_and_scores(ws: Workspace, cat) -> None:
         for run, base in (("run-a", 0.40), ("run-c", 0.42))
     ]
     scores.record_scores(cat, rows)
+    scores.record_scores(cat, sampled_rows(("run-a", "run-c")))
     reference = SHARED_DATA / "reference_scores.csv"
     if reference.exists():
         scores.import_reference(cat, reference, TASKS.get)

@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from catalog import mixtures, runs, scores
 from dashboard import actions
-from tests.dashboard.conftest import APP, dead_pid
+from tests.dashboard.conftest import APP, RUN_TASKS, SAMPLE_LIMIT, dead_pid
 
 VIEWS = APP.parent / "views"
 PAGES = (
@@ -202,8 +202,10 @@ def test_compare_page_table_deltas_heat_map_and_radar(dashboard_ws, use_ws):
     use_ws(dashboard_ws)
     at = clean(render("views/compare.py"))
     table = frame(at, "kind")
-    expected = scores.compare_table(dashboard_ws.catalog()).to_pandas()
-    assert len(table) == len(expected) and (table["kind"] == "reference").sum() >= 4
+    cat = dashboard_ws.catalog()
+    full = scores.compare_table(cat).to_pandas()
+    sampled = scores.compare_table(cat, samples=True).to_pandas()
+    assert len(table) == len(full) + len(sampled) and (table["kind"] == "reference").sum() >= 4
     run_a = next(i for i in table.index if i.startswith("run-a "))
     run_c = next(i for i in table.index if i.startswith("run-c "))
     assert run_a == "run-a (mix-a@v1)"
@@ -217,6 +219,52 @@ def test_compare_page_table_deltas_heat_map_and_radar(dashboard_ws, use_ws):
     at.multiselect(key="cmp_types").set_value(["sts"]).run()
     columns = frame(clean(at), "kind").columns
     assert "STSBenchmark" in columns and "SciFact" not in columns
+
+
+def test_compare_page_shows_sampled_scores_apart_from_full_ones(dashboard_ws, use_ws):
+    """run-a has full-split and sampled (`--limit 100`) scores: two labelled rows, each with
+    means over its own scores only (the catalog's full and `samples=True` tables)."""
+    use_ws(dashboard_ws)
+    at = clean(render("views/compare.py"))
+    table = frame(at, "scores")
+    full = table.loc["run-a (mix-a@v1)"]
+    sampled = table.loc["run-a (mix-a@v1) · sampled"]
+    assert full["scores"] == "full split"
+    assert sampled["scores"] == f"sampled ({SAMPLE_LIMIT} rows per split)"
+    cat = dashboard_ws.catalog()
+    by_model = {
+        mode: scores.compare_table(cat, samples=mode).to_pandas().set_index("model")
+        for mode in (False, True)
+    }
+    for row, mode in ((full, False), (sampled, True)):
+        expected = by_model[mode].loc["run-a"]
+        assert row["mean"] == pytest.approx(expected["mean"] * 100)
+        for task in RUN_TASKS:
+            assert row[task] == pytest.approx(expected[task] * 100)
+    assert sampled["mean"] != pytest.approx(full["mean"])
+    assert "sampled" in texts(at.caption)
+    # Reference models stay beside both kinds of rows, on the same task columns.
+    assert (table["kind"] == "reference").sum() >= 4
+
+
+def test_compare_page_after_the_demo_sampled_runs_beside_references(fresh_ws, use_ws):
+    """What `make demo` leaves: runs evaluated only on samples, and the imported reference
+    scores. The page shows both, not "No scores yet"."""
+    with fresh_ws.catalog().write() as con:
+        con.execute(
+            f"DELETE FROM scores WHERE NOT is_reference "
+            f"AND split NOT LIKE '%{scores.SAMPLE_SPLIT_MARK}%'"
+        )
+    use_ws(fresh_ws)
+    at = clean(render("views/compare.py"))
+    assert "No scores yet" not in texts(at.info)
+    table = frame(at, "scores")
+    runs_ = table[table["kind"] == "run"]
+    assert sorted(runs_.index) == ["run-a (mix-a@v1) · sampled", "run-c (mix-a@v2) · sampled"]
+    references = table[table["kind"] == "reference"]
+    assert len(references) >= 4 and set(references["scores"]) == {"full split"}
+    assert references["STSBenchmark"].notna().all()  # the references' scores on run tasks
+    assert runs_["mean"].notna().all()
 
 
 def test_every_page_has_an_empty_state_on_a_new_workspace(ws, use_ws):

@@ -4,6 +4,10 @@ The app never opens a write connection: creating a mixture runs `kalmix mix crea
 calls `catalog.mixtures.create_mixture`), training and evaluation start `kalmix train` /
 `kalmix eval` as background processes in their own session, so they outlive the page, the
 browser tab and the Streamlit server. Their output goes to `<ws>/runs/<name>/*.log`.
+
+Every function here that starts or signals a process first asks `auth.require`: on a
+dashboard reachable from other machines, a browser session that has not presented the
+token starts nothing, whichever page asked.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from catalog.mixtures import MixtureSpec
 from corpus.errors import KalmixError
+from dashboard import auth
 
 KALMIX = (sys.executable, "-m", "kalmix")
 MIX_CREATE_TIMEOUT_S = 3600
@@ -67,14 +72,21 @@ def mix_create_args(name: str, spec: MixtureSpec) -> list[str]:
     return args
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """The children's environment: the server's, without the dashboard's token."""
+    env = {k: v for k, v in os.environ.items() if k != auth.TOKEN_ENV}
+    return {**env, **extra}
+
+
 def run(root: str, args: list[str], timeout_s: float = MIX_CREATE_TIMEOUT_S) -> Finished:
     """Run a short `kalmix` command to completion and capture what it printed."""
+    auth.require(f"Running `{shell_line(args)}`")
     proc = subprocess.run(
         [*KALMIX, "--workspace", root, *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        env={**os.environ, "COLUMNS": "160", "NO_COLOR": "1"},
+        env=_env(COLUMNS="160", NO_COLOR="1"),
         check=False,
     )
     return Finished(shell_line(args), proc.returncode, (proc.stdout + proc.stderr).strip())
@@ -86,6 +98,7 @@ def launch(root: str, args: list[str], log: Path) -> int:
     A new session (`start_new_session`) keeps it alive when the server stops and keeps the
     server's Ctrl-C away from it.
     """
+    auth.require(f"Starting `{shell_line(args)}`")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         out.write(f"$ {shell_line(args)}\n".encode())
@@ -96,7 +109,7 @@ def launch(root: str, args: list[str], log: Path) -> int:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"},
+            env=_env(PYTHONUNBUFFERED="1", COLUMNS="160"),
         )
     _children[proc.pid] = proc
     return proc.pid
@@ -133,6 +146,7 @@ def cancel(pid: int | None, run_name: str) -> None:
     The pid must still belong to a process whose command line names the run, so a recycled
     pid of an unrelated process is never signalled.
     """
+    auth.require(f"Cancelling run {run_name}")
     if not alive(pid):
         raise KalmixError(f"run {run_name} has no live process (pid {pid}); nothing to cancel")
     cmdline = Path(f"/proc/{pid}/cmdline")

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import ui
+from dashboard import auth, ui
 
 HERE = Path(__file__).resolve().parent
 
 st.set_page_config(page_title="kalmix", page_icon=":material/dataset:", layout="wide")
 
 root = ui.root()
+auth.check_session()
 
 with st.sidebar:
     st.caption(f"workspace `{root}`")

@@ -14,7 +14,7 @@ import streamlit as st
 
 from catalog import mixtures
 from catalog.mixtures import WEIGHTINGS, ManifestEntry, MixtureSpec
-from dashboard import actions, data, ui
+from dashboard import actions, auth, data, ui
 
 root = ui.root()
 st.title("Mixtures")
@@ -145,6 +145,9 @@ def build_tab(view: data.MixturesView, preview: bool) -> None:
     args = actions.mix_create_args(name, checked)
     st.code(actions.shell_line(args), language="bash")
     if st.button("Create", type="primary", key="mb_create"):
+        if not auth.authorized():
+            st.error(auth.refusal("Creating a mixture"), icon=":material/lock:")
+            return
         with st.spinner(f"kalmix mix create {name} ..."):
             done = actions.run(root, args)
         if done.ok:

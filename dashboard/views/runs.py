@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import streamlit as st
 
 from catalog import runs as catalog_runs
-from dashboard import actions, data, ui
+from dashboard import actions, auth, data, ui
 
 root = ui.root()
 st.title("Runs")
@@ -83,6 +83,9 @@ def eval_args(runs: pd.DataFrame) -> tuple[str, list[str]] | None:
 
 def start_form(kind: str, view: data.RunsView, runs: pd.DataFrame) -> None:
     """The form that launches `kalmix train` or `kalmix eval` in the background."""
+    if not auth.authorized():
+        st.error(auth.refusal(f"Starting kalmix {kind}"), icon=":material/lock:")
+        return
     with st.spinner(f"reading kalmix {kind} --help ..."):
         helped = command_help(kind)
     if not helped.ok:
@@ -176,8 +179,11 @@ def run_detail(run: dict) -> None:
         )
     if status == "running" and alive:
         if st.button("Cancel run", icon=":material/stop:", key=f"cancel_{name}"):
-            actions.cancel(run["pid"], name)
-            st.toast(f"sent SIGTERM to {name} (pid {run['pid']})")
+            if not auth.authorized():
+                st.error(auth.refusal(f"Cancelling run {name}"), icon=":material/lock:")
+            else:
+                actions.cancel(run["pid"], name)
+                st.toast(f"sent SIGTERM to {name} (pid {run['pid']})")
     curves(name)
     for log_name in ("stdout.log", "eval.log"):
         text = data.log_tail(data.run_dir(root, name) / log_name)

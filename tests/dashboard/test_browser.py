@@ -58,7 +58,7 @@ def server(playwright_api, dashboard_ws, tmp_path: Path):
     port = _free_port()
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
-        streamlit_command(port, "127.0.0.1", headless=True),
+        streamlit_command(port, "127.0.0.1"),
         env={**os.environ, "KALMIX_HOME": str(dashboard_ws.root)},
         stdout=log,
         stderr=subprocess.STDOUT,

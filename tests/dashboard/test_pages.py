@@ -15,7 +15,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from catalog import mixtures, runs, scores
-from dashboard import actions
+from corpus.errors import KalmixError
+from dashboard import actions, auth
 from tests.dashboard.conftest import APP, RUN_TASKS, SAMPLE_LIMIT, dead_pid
 
 VIEWS = APP.parent / "views"
@@ -366,3 +367,86 @@ def test_no_pages_folder_beside_the_app():
     """Streamlit auto-discovers `pages/` beside the main script: its raw file names would be
     listed in the sidebar and its scripts routed by URL without app.py."""
     assert not (APP.parent / "pages").exists() and VIEWS.is_dir()
+
+
+TOKEN = "s3cret-token"
+
+
+def test_without_the_token_a_session_creates_no_mixture(fresh_ws, use_ws, monkeypatch):
+    use_ws(fresh_ws)
+    monkeypatch.setenv(auth.TOKEN_ENV, TOKEN)
+    at = clean(render("views/mixtures.py"))
+    assert "Read-only" in texts(at.sidebar.caption)
+    at.session_state["mb_mode"] = "SQL WHERE"
+    at.session_state["mb_where"] = "task_type = 'sts'"
+    at.session_state["mb_name"] = "mix-b"
+    at.run()
+    at.button(key="mb_create").click().run()
+    assert not at.exception and not at.success
+    assert "Creating a mixture is refused" in texts(at.error) and "token" in texts(at.error)
+    refs = fresh_ws.catalog().query("SELECT mixture FROM mixture_versions").to_pylist()
+    assert {r["mixture"] for r in refs} == {"mix-a"}
+
+    # A wrong token in the sidebar is said to be wrong; the right one unlocks the session.
+    at.sidebar.text_input(key=auth.ENTRY_KEY).input("nope").run()
+    assert "not this dashboard's token" in texts(at.sidebar.error)
+    at.sidebar.text_input(key=auth.ENTRY_KEY).input(TOKEN).run()
+    at.button(key="mb_create").click().run()
+    assert "mix-b@v1" in texts(clean(at).success)
+    assert at.query_params["token"] == TOKEN  # kept in the URL: a reload stays signed in
+
+
+def test_the_token_in_the_url_lets_a_session_start_processes(fresh_ws, use_ws, monkeypatch):
+    use_ws(fresh_ws)
+    monkeypatch.setenv(auth.TOKEN_ENV, TOKEN)
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["token"] = TOKEN
+    at.run()
+    at.switch_page("views/mixtures.py")
+    at.session_state["mb_mode"] = "SQL WHERE"
+    at.session_state["mb_where"] = "task_type = 'sts'"
+    at.session_state["mb_name"] = "mix-c"
+    at.run()
+    at.button(key="mb_create").click().run()
+    assert "mix-c@v1" in texts(clean(at).success)
+    assert not at.sidebar.text_input  # no token box once presented
+
+
+def test_without_the_token_nothing_is_started_or_signalled(fresh_ws, use_ws, monkeypatch):
+    use_ws(fresh_ws)
+    monkeypatch.setenv(auth.TOKEN_ENV, TOKEN)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "run-live"])
+    try:
+        runs.create_run(
+            fresh_ws.catalog(),
+            "run-live",
+            mixture="mix-a",
+            mixture_version=1,
+            base_model="tiny-model",
+            config={},
+            git_commit=None,
+            pid=proc.pid,
+        )
+        at = clean(render("views/runs.py", run="run-live"))
+        at.button(key="cancel_run-live").click().run()
+        assert "Cancelling run run-live is refused" in texts(at.error)
+        assert proc.poll() is None  # not signalled
+    finally:
+        proc.kill()
+    # The actions refuse too, whichever page (or a page that forgets to check) calls them.
+    log = fresh_ws.runs_dir / "probe" / "stdout.log"
+    for call in (
+        lambda: actions.launch(str(fresh_ws.root), ["catalog", "datasets"], log),
+        lambda: actions.run(str(fresh_ws.root), ["mix", "create", "x", "--where", "true"]),
+        lambda: actions.cancel(proc.pid, "run-live"),
+    ):
+        with pytest.raises(KalmixError, match="refused.*token"):
+            call()
+    assert not log.exists()
+
+
+def test_loopback_addresses():
+    assert auth.is_loopback("localhost") and auth.is_loopback("127.0.0.1")
+    assert auth.is_loopback("::1") and auth.is_loopback("127.0.1.1")
+    for host in ("0.0.0.0", "::", "", "192.168.1.20", "no-such-host.invalid"):
+        assert not auth.is_loopback(host), host

@@ -112,6 +112,7 @@ def start_form(kind: str, view: data.RunsView, runs: pd.DataFrame) -> None:
         st.session_state.setdefault("launched", []).append(
             {"kind": kind, "run": name, "pid": pid, "log": str(log)}
         )
+        st.session_state["follow_run"] = name  # shown as soon as the catalog lists it
         st.cache_data.clear()
         st.rerun()
 
@@ -122,15 +123,37 @@ def start_dialog(kind: str, view: data.RunsView, runs: pd.DataFrame) -> None:
         start_form(kind, view, runs)
 
 
-def launched_panel() -> None:
-    """Processes this session started (before the trainer has registered the run)."""
+def launched_panel(known: set[str]) -> None:
+    """Processes this session started, until the trainer has registered their run.
+
+    While one is starting (its process alive, its run not in the catalog yet) this panel
+    re-reads the runs every 2 s; when the run appears (or the process ends) the whole page
+    reruns, so the new run is listed, selected and watched without a manual refresh.
+    """
     actions.reap()
-    for item in st.session_state.get("launched", [])[-5:]:
-        code = actions.exit_code(item["pid"])
-        state = "running" if code is None else f"exited with code {code}"
-        st.caption(f"kalmix {item['kind']} {item['run']} (pid {item['pid']}): {state}")
-        if code:
-            st.code(data.log_tail(Path(item["log"]))[-3000:])
+    items = st.session_state.get("launched", [])[-5:]
+    pending = [
+        i
+        for i in items
+        if i["kind"] == "train" and i["run"] not in known and actions.exit_code(i["pid"]) is None
+    ]
+
+    @st.fragment(run_every=2 if pending else None)
+    def panel() -> None:
+        actions.reap()
+        listed = set(data.runs_view(root).runs.column("name").to_pylist()) if pending else known
+        for item in items:
+            code = actions.exit_code(item["pid"])
+            state = "running" if code is None else f"exited with code {code}"
+            if item["run"] not in listed and code is None:
+                state = "starting (waiting for it to register the run)"
+            st.caption(f"kalmix {item['kind']} {item['run']} (pid {item['pid']}): {state}")
+            if code:
+                st.code(data.log_tail(Path(item["log"]))[-3000:])
+        if any(i["run"] in listed or actions.exit_code(i["pid"]) is not None for i in pending):
+            st.rerun()
+
+    panel()
 
 
 def curves(name: str) -> None:
@@ -198,7 +221,7 @@ def run_detail(run: dict) -> None:
 with ui.guard("reading runs"):
     view = data.runs_view(root)
     runs = view.runs.to_pandas()
-    launched_panel()
+    launched_panel(set(runs["name"]))
     new_train, new_eval = st.columns(2)
     if new_train.button("Start training", icon=":material/play_arrow:", key="open_train"):
         start_dialog("train", view, runs)
@@ -220,6 +243,9 @@ with ui.guard("reading runs"):
     )
     names = runs["name"].tolist()
     asked = st.query_params.get("run")
+    follow = st.session_state.get("follow_run")
+    if follow in names:  # a run this session just started: select it once
+        st.session_state["run_pick"] = st.session_state.pop("follow_run")
     chosen = st.selectbox(
         "run", names, index=names.index(asked) if asked in names else 0, key="run_pick"
     )

@@ -59,6 +59,15 @@ MIGRATIONS: list[str] = [
       ON v.dataset = d.name
     LEFT JOIN categories c ON c.name = d.category;
     """,
+    # v2: categories added to the shipped taxonomy since (dictionary definitions, man pages,
+    # package descriptions, docstrings, synonym pairs, word senses: `kalmix corpora`) reach
+    # workspaces made before them; existing rows, edited or not, are left alone. `taxonomy` is
+    # the shipped file, registered by `migrate`.
+    """
+    INSERT INTO categories
+    SELECT name, task_type, domain, string_split(languages, ';'), description, instruction
+    FROM taxonomy WHERE name NOT IN (SELECT name FROM categories);
+    """,
 ]
 LATEST_VERSION = len(MIGRATIONS)
 
@@ -70,7 +79,10 @@ DATASETS_VIEW_COLUMNS = (
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
-    """Apply every migration newer than the database, then seed categories if empty."""
+    """Apply every migration newer than the database, then seed categories if empty.
+
+    The shipped taxonomy is registered as the view `taxonomy` while they run.
+    """
     has_table = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
     ).fetchall()[0][0]
@@ -79,15 +91,17 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if has_table
         else 0
     )
-    for number, sql in enumerate(MIGRATIONS, start=1):
-        if number <= current:
-            continue
-        con.execute(sql)
-        con.execute("INSERT INTO schema_version(version) VALUES (?)", [number])
-    if con.execute("SELECT count(*) FROM categories").fetchall()[0][0] == 0:
-        con.register("taxonomy", load_taxonomy())
-        con.execute(
-            "INSERT INTO categories SELECT name, task_type, domain, string_split(languages, ';'), "
-            "description, instruction FROM taxonomy"
-        )
+    con.register("taxonomy", load_taxonomy())  # the shipped file, for migrations that read it
+    try:
+        for number, sql in enumerate(MIGRATIONS, start=1):
+            if number <= current:
+                continue
+            con.execute(sql)
+            con.execute("INSERT INTO schema_version(version) VALUES (?)", [number])
+        if con.execute("SELECT count(*) FROM categories").fetchall()[0][0] == 0:
+            con.execute(
+                "INSERT INTO categories SELECT name, task_type, domain, "
+                "string_split(languages, ';'), description, instruction FROM taxonomy"
+            )
+    finally:
         con.unregister("taxonomy")

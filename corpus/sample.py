@@ -15,6 +15,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from corpus.corpora.pydocs import flatten
+
 MODULES = (
     "json",
     "os.path",
@@ -77,7 +79,7 @@ def python_docs_records() -> list[dict]:
             doc = inspect.getdoc(obj)
             if not doc or len(doc) < 40:
                 continue
-            doc = " ".join(doc.split())[:1200]
+            doc = flatten(doc, 1200)
             rows.append(
                 {
                     "question": f"How do I use {module_name}.{name} in Python?",

@@ -1,10 +1,18 @@
-"""`kalmix ingest`: any supported file into a new immutable dataset version."""
+"""`kalmix ingest` and `kalmix corpora add`: source tables into a new immutable dataset version.
+
+`ingest_tables` is the one path (checks, record conversion, staging, commit); `ingest` feeds
+it a file's tables, `kalmix corpora add` a raw corpus' (`corpus.corpora`).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
 
 from catalog import versions
 from catalog.db import Catalog, fetch_one
@@ -40,10 +48,62 @@ def ingest(
     source: str | None = None,
     is_eval: bool = False,
     batch_rows: int = 65_536,
-    progress=None,
+    progress: Callable[[int], None] | None = None,
 ) -> IngestResult:
-    start = time.perf_counter()
+    """A file (or URI, or `datasets` folder) as a new version of dataset `name`."""
     path = path if storage.is_uri(path) else Path(path)
+    stats = ReadStats()
+    return ingest_tables(
+        cat,
+        iter_tables(
+            path, fmt, batch_rows=batch_rows, skip_invalid=skip_invalid, split=split, stats=stats
+        ),
+        name=name,
+        category=category,
+        task_type=task_type,
+        mapping=mapping,
+        language=language,
+        source=source or storage.name(path),
+        is_eval=is_eval,
+        what=str(path),
+        params={
+            "file": str(path) if storage.is_uri(path) else str(path.resolve()),
+            "format": fmt,
+            "language": language,
+            "skip_invalid": skip_invalid,
+            "split": split,
+        },
+        read_stats=stats,
+        progress=progress,
+    )
+
+
+def ingest_tables(
+    cat: Catalog,
+    tables: Iterator[pa.Table],
+    *,
+    name: str,
+    category: str,
+    source: str,
+    what: str,
+    params: dict[str, Any],
+    task_type: str | None = None,
+    mapping: str | dict[str, str] | None = None,
+    language: str | None = None,
+    is_eval: bool = False,
+    read_stats: ReadStats | None = None,
+    extra_stats: Callable[[], dict[str, Any]] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """The one ingest path: source tables -> records -> staged shards -> one committed version.
+
+    `tables` should be lazy (a generator): it is first pulled after the name and category are
+    checked, so nothing is read for a command that fails anyway. Columns map onto the record schema by name (or `mapping`);
+    `params` says where the data came from and is stored with the version, with the column map
+    added. Data is staged and renamed into place before the catalog row is committed, so a
+    failure or a kill at any point leaves no version behind.
+    """
+    start = time.perf_counter()
     versions.check_name(name)
     with cat.read() as con:
         row = fetch_one(
@@ -67,13 +127,13 @@ def ingest(
             "choose another --name, or the same category and task type to add a version"
         )
     parsed = parse_mapping(mapping) if isinstance(mapping, str | None) else dict(mapping)
-    stats = ReadStats()
+    stats = read_stats or ReadStats()
     staged = versions.stage(cat, name)
     try:
         writer = ShardWriter(staged.path)
         columns: dict[str, str] = {}
 
-        def convert(table):
+        def convert(table: pa.Table) -> pa.Table:
             if not columns:
                 columns.update(resolve_columns(table.column_names, task_type, parsed))
             return to_records(
@@ -81,13 +141,10 @@ def ingest(
                 columns,
                 task_type=task_type,
                 category=category,
-                source=source or storage.name(path),
+                source=source,
                 language=language,
             )
 
-        tables = iter_tables(
-            path, fmt, batch_rows=batch_rows, skip_invalid=skip_invalid, split=split, stats=stats
-        )
         # The first batch fixes the column mapping, so convert it before going parallel.
         first = next(tables, None)
         rest = prefetch_map(convert, tables, workers=2, ahead=3) if first is not None else iter(())
@@ -96,31 +153,27 @@ def ingest(
         for records in rest:
             writer.write(records)
             if progress:
-                progress(stats)
+                progress(writer.rows)
         writer.close()
         if writer.rows == 0:
             detail = f" ({stats.invalid} invalid lines skipped)" if stats.invalid else ""
-            raise KalmixError(f"{path} holds no records{detail}: nothing ingested")
+            raise KalmixError(f"{what} holds no records{detail}: nothing ingested")
         if existing:
             _check_schema(cat, name, columns)
-        params = {
-            "file": str(path) if storage.is_uri(path) else str(path.resolve()),
-            "format": fmt,
-            "map": columns,
-            "language": language,
-            "skip_invalid": skip_invalid,
-            "split": split,
+        commit_stats: dict[str, Any] = {
+            "invalid_skipped": stats.invalid,
+            "invalid_lines": stats.invalid_lines,
         }
+        if extra_stats:
+            commit_stats.update(extra_stats())
         [ref] = versions.commit(
             cat,
             Commit(
                 staged,
                 "ingest",
-                params,
-                info=DatasetInfo(
-                    name, category, task_type, source=source or storage.name(path), is_eval=is_eval
-                ),
-                stats={"invalid_skipped": stats.invalid, "invalid_lines": stats.invalid_lines},
+                {**params, "map": columns},
+                info=DatasetInfo(name, category, task_type, source=source, is_eval=is_eval),
+                stats=commit_stats,
             ),
         )
     except BaseException:

@@ -17,6 +17,7 @@ from corpus.console import console, err_console
 from corpus.errors import KalmixError
 from dashboard.cli import dashboard as dashboard_command
 from kalmix.commands import clean
+from kalmix.commands.corpora import app as corpora_app
 from kalmix.commands.embed import mount as mount_embedding_commands
 from kalmix.commands.synth import app as synth_app
 from trainer.cli import soup as soup_command
@@ -121,7 +122,7 @@ def ingest(
             skip_invalid=skip_invalid,
             split=split,
             is_eval=is_eval,
-            progress=lambda s: status.update(f"ingesting {file}: {s.rows:,} rows"),
+            progress=lambda rows: status.update(f"ingesting {file}: {rows:,} rows"),
         )
     skipped = f", {result.invalid} invalid skipped" if result.invalid else ""
     console.print(
@@ -130,6 +131,7 @@ def ingest(
 
 
 # Mounted after init/ingest so that `kalmix --help` lists commands in pipeline order.
+app.add_typer(corpora_app, name="corpora")
 app.add_typer(catalog_app, name="catalog")
 clean.register(app)  # dedup, langid, decontaminate
 mount_embedding_commands(app)  # filter consistency, mine, semdedup

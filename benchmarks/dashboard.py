@@ -269,19 +269,17 @@ WRITER = """
 import sys, time
 import pyarrow as pa
 from catalog import versions
+from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo
 from catalog.workspace import Workspace
 from corpus.schema import attach_ids
-from corpus.writer import write_table
-cat = Workspace.load(sys.argv[1]).catalog()
+cat = Catalog.open(Workspace.load(sys.argv[1]))
 n = 0
 while True:
-    staged = versions.stage(cat, "writer")
     table = attach_ids(pa.table({"task_type": ["retrieval"], "category": ["faq-retrieval"],
         "instruction": [None], "query": [f"q{n}"], "positive": ["p"], "negatives": [[]],
         "score": [None], "label": [None], "language": ["en"], "source": ["w"], "meta": ["{}"]}))
-    write_table(staged.path, table)
-    versions.commit(cat, Commit(staged, "ingest", {}, info=DatasetInfo("writer",
+    versions.commit(cat, Commit("writer", table, "ingest", {}, info=DatasetInfo("writer",
         "faq-retrieval", "retrieval")))
     with cat.write() as con:
         con.execute("UPDATE runs SET summary = json_object('step', ?) WHERE name = 'run-199'", [n])

@@ -150,10 +150,10 @@ def make_workspace(root: Path) -> dict:
             source=pl.lit("bench"),
             meta=pl.lit("{}"),
         )
-        staged = versions.stage(cat, name)
-        files = write_table(staged.path, frame.to_arrow().cast(RECORD_SCHEMA), 150_000)
-        info = DatasetInfo(name, "faq-retrieval", "retrieval")
-        [ref] = versions.commit(cat, Commit(staged, "ingest", {}, info=info))
+        with versions.staging(cat, name) as staged:
+            files = write_table(staged.path, frame.to_arrow().cast(RECORD_SCHEMA), 150_000)
+            info = DatasetInfo(name, "faq-retrieval", "retrieval")
+            [ref] = versions.commit(cat, Commit(name, staged, "ingest", {}, info=info))
         final = cat.workspace.data_dir / name / f"v{ref.version}"
         out.append({"name": name, "rows": n, "files": [str(final / f.name) for f in files]})
     return {"datasets": out}

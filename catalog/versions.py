@@ -1,22 +1,28 @@
 """Immutable dataset versions: stage, commit, resolve.
 
-Data for a version is written into `data/<dataset>/.staging-<pid>-<uuid>/` by the caller, then
-`commit` computes stats and a content hash, renames the folder to `data/<dataset>/v<N>/` and
-inserts the catalog row in the same write transaction. `data/` is the workspace's data root:
-its own folder, or an object store (`corpus.storage`), where the rename is a copy that the
-catalog row, committed after it, makes visible. If the transaction fails the folder is
-renamed back and removed; if the process dies between rename and commit the folder is an
-orphan that `kalmix catalog check` reports (and removes with `--fix`). Either way no
-half-registered version is visible and earlier versions are untouched.
+`commit` owns the whole write of a version. Each `Commit` brings its data as a table, which
+`commit` writes into a staging folder itself, or as a folder a streaming writer filled inside
+`staging()`. Then `commit` computes stats and a content hash, renames every staging folder
+`data/<dataset>/.staging-<pid>-<uuid>/` to `data/<dataset>/v<N>/` and inserts the catalog rows,
+all in one write transaction: one call registers one version or many, all or none. `data/` is
+the workspace's data root: its own folder, or an object store (`corpus.storage`), where the
+rename is a copy that the catalog row, committed after it, makes visible. If the transaction
+fails the folders are renamed back and removed; if the process dies between rename and commit
+the folder is an orphan that `kalmix catalog check` reports (and removes with `--fix`). Either
+way no half-registered version is visible and earlier versions are untouched. Mixtures stage
+and rename their rows file with the same two helpers (`staging_in`, `into_place`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ from corpus import storage
 from corpus.errors import KalmixError
 from corpus.schema import RECORD_FIELDS, REMOVALS_SCHEMA, suggest
 from corpus.storage import StorePath
+from corpus.writer import write_table
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 REF_RE = re.compile(r"^(?P<name>[^@]+?)(?:@v?(?P<version>\d+))?$")
@@ -98,23 +105,25 @@ class VersionInfo:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Staged:
-    """A folder that a writer fills before `commit` makes it a version."""
+    """A staging folder inside `folder` (a dataset's or a mixture's) that a writer fills;
+    `into_place` renames it to `folder/v<N>`."""
 
-    dataset: str
+    folder: StorePath
     path: StorePath
-    removals: list[pa.Table] = field(default_factory=list)
-
-    def discard(self) -> None:
-        storage.rmtree(self.path)
 
 
 @dataclass(frozen=True)
 class Commit:
-    """One version to register: its staged data and how it was made."""
+    """One version to register: its data and how it was made.
 
-    staged: Staged
+    `data` is the version's records as a table, or a folder a writer filled inside
+    `staging(cat, dataset)` (for data too large to hold at once).
+    """
+
+    dataset: str
+    data: pa.Table | Staged
     operation: str
     params: dict[str, Any]
     parent: VersionRef | None = None
@@ -132,9 +141,10 @@ def check_name(name: str) -> str:
     return name
 
 
-def stage(cat: Catalog, dataset: str) -> Staged:
-    check_name(dataset)
-    folder = storage.join(cat.workspace.data_root, dataset)
+@contextmanager
+def staging_in(folder: StorePath) -> Iterator[Staged]:
+    """A fresh staging folder in `folder`, removed when the block ends unless it was renamed
+    into place: a failed or abandoned write leaves nothing behind."""
     try:
         path = storage.join(folder, f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         storage.makedirs(path)
@@ -142,7 +152,41 @@ def stage(cat: Catalog, dataset: str) -> Staged:
         raise KalmixError(f"workspace data folder is not writable: {err.filename}") from None
     except OSError as err:
         raise KalmixError(f"cannot write under {folder}: {err.strerror}") from None
-    return Staged(dataset, path)
+    staged = Staged(folder, path)
+    try:
+        yield staged
+    finally:
+        if storage.exists(path):
+            storage.rmtree(path)
+
+
+def staging(cat: Catalog, dataset: str) -> contextlib.AbstractContextManager[Staged]:
+    """A staging folder for a version of `dataset`, to fill and pass to `commit` in the block."""
+    check_name(dataset)
+    return staging_in(storage.join(cat.workspace.data_root, dataset))
+
+
+@contextmanager
+def into_place(staged: Staged, registered: int) -> Iterator[tuple[int, StorePath]]:
+    """Inside a catalog write transaction: rename `staged` to `v<N>`, N one past `registered`
+    (the catalog's highest) and every version folder on disk (orphans are never reused).
+    Yields (N, the new folder); renamed back if the block, or the transaction, fails."""
+    on_disk = [
+        int(entry[1:])
+        for entry, is_dir in storage.listdir(staged.folder)
+        if is_dir and entry.startswith("v") and entry[1:].isdigit()
+    ]
+    number = max([registered, *on_disk]) + 1
+    final = storage.join(staged.folder, f"v{number}")
+    storage.move(staged.path, final)
+    try:
+        yield number, final
+    except BaseException:
+        try:
+            storage.move(final, staged.path)
+        except OSError:
+            pass
+        raise
 
 
 def _content_hash(files: list[StorePath]) -> str:
@@ -183,82 +227,103 @@ def compute_stats(files: list[StorePath]) -> dict[str, Any]:
 
 
 def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
-    """Register versions atomically: all of them or none (one transaction)."""
-    prepared = []
-    for c in commits:
-        files = storage.parquet_files(c.staged.path)
-        if files:
-            schema = storage.read_schema(files[0])
-            missing = [f for f in RECORD_FIELDS if f not in schema.names]
-            if missing:
-                raise KalmixError(f"staged data lacks record fields {missing}")
-        stats = {**compute_stats(files), **c.stats}
-        removals = c.removals
-        if removals is not None:
-            removals = removals.select(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
-            stats.setdefault("removed", removals.num_rows)
-            reasons: dict[str, int] = {}
-            for reason in removals.column("reason").to_pylist():
-                reasons[reason] = reasons.get(reason, 0) + 1
-            stats.setdefault("removed_by_reason", reasons)
-        columns = storage.read_schema(files[0]).names if files else list(RECORD_FIELDS)
-        prepared.append((c, files, stats, removals, columns))
+    """Register versions atomically: all of them or none (one transaction).
 
-    moved: list[tuple[StorePath, StorePath]] = []
-    refs: list[VersionRef] = []
-    try:
-        with cat.write() as con:
-            for c, files, stats, removals, columns in prepared:
-                name = c.staged.dataset
-                known = fetch_one(
-                    con, "SELECT category, task_type FROM datasets WHERE name = ?", [name]
-                )
-                if known is None:
-                    if c.info is None:
-                        raise KalmixError(f"unknown dataset {name!r}")
-                    _insert_dataset(con, c.info, columns)
-                number = _next_version(con, cat, name)
-                final = storage.join(cat.workspace.data_root, name, f"v{number}")
-                storage.move(c.staged.path, final)
-                moved.append((final, c.staged.path))
-                langs = stats.get("languages", {})
-                con.execute(
-                    "INSERT INTO dataset_versions(dataset, version, path, files, rows, content_hash,"
-                    " language, languages, parent_dataset, parent_version, operation, params, stats)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        name,
-                        number,
-                        cat.workspace.record(final),
-                        [storage.name(f) for f in files],
-                        stats["rows"],
-                        _content_hash([storage.join(final, storage.name(f)) for f in files]),
-                        next(iter(langs), None),
-                        list(langs),
-                        c.parent.dataset if c.parent else None,
-                        c.parent.version if c.parent else None,
-                        c.operation,
-                        json.dumps(c.params, default=str),
-                        json.dumps(stats, default=str),
-                    ],
-                )
-                if removals is not None and removals.num_rows:
-                    con.register("staged_removals", removals)
-                    con.execute(
-                        "INSERT INTO removals SELECT ?, ?, id, reason, detail FROM staged_removals",
-                        [name, number],
-                    )
-                    con.unregister("staged_removals")
-                refs.append(VersionRef(name, number))
-    except BaseException:
-        for final, original in reversed(moved):
-            try:
-                storage.move(final, original)
-            except OSError:
-                pass
+    Tables are written into staging folders here; staged folders are used as they are. Every
+    staging folder is gone afterwards: renamed into place, or removed on failure.
+    """
+    with ExitStack() as stack:
+        folders = []
         for c in commits:
-            c.staged.discard()
-        raise
+            if isinstance(c.data, Staged):
+                folders.append(c.data)
+            else:
+                staged = stack.enter_context(staging(cat, c.dataset))
+                write_table(staged.path, c.data)
+                folders.append(staged)
+        prepared = [_prepare(c, staged) for c, staged in zip(commits, folders, strict=True)]
+        return _register(cat, prepared, stack)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A commit with what it needs computed before the transaction (stats read the data)."""
+
+    commit: Commit
+    staged: Staged
+    files: list[StorePath]
+    stats: dict[str, Any]
+    removals: pa.Table | None
+    columns: list[str]
+
+
+def _prepare(c: Commit, staged: Staged) -> _Prepared:
+    files = storage.parquet_files(staged.path)
+    if files:
+        schema = storage.read_schema(files[0])
+        missing = [f for f in RECORD_FIELDS if f not in schema.names]
+        if missing:
+            raise KalmixError(f"staged data lacks record fields {missing}")
+    stats = {**compute_stats(files), **c.stats}
+    removals = c.removals
+    if removals is not None:
+        removals = removals.select(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
+        stats.setdefault("removed", removals.num_rows)
+        reasons: dict[str, int] = {}
+        for reason in removals.column("reason").to_pylist():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        stats.setdefault("removed_by_reason", reasons)
+    columns = storage.read_schema(files[0]).names if files else list(RECORD_FIELDS)
+    return _Prepared(c, staged, files, stats, removals, columns)
+
+
+def _register(cat: Catalog, prepared: list[_Prepared], stack: ExitStack) -> list[VersionRef]:
+    """Rename the folders into place and insert their rows, in one write transaction; the
+    renames sit on `stack`, outside the transaction, so a failed commit renames them back."""
+    refs: list[VersionRef] = []
+    with cat.write() as con:
+        for p in prepared:
+            c, name = p.commit, p.commit.dataset
+            known = fetch_one(
+                con, "SELECT category, task_type FROM datasets WHERE name = ?", [name]
+            )
+            if known is None:
+                if c.info is None:
+                    raise KalmixError(f"unknown dataset {name!r}")
+                _insert_dataset(con, c.info, p.columns)
+            in_catalog = con.execute(
+                "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset = ?", [name]
+            ).fetchall()[0][0]
+            number, final = stack.enter_context(into_place(p.staged, in_catalog))
+            langs = p.stats.get("languages", {})
+            con.execute(
+                "INSERT INTO dataset_versions(dataset, version, path, files, rows, content_hash,"
+                " language, languages, parent_dataset, parent_version, operation, params, stats)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    name,
+                    number,
+                    cat.workspace.record(final),
+                    [storage.name(f) for f in p.files],
+                    p.stats["rows"],
+                    _content_hash([storage.join(final, storage.name(f)) for f in p.files]),
+                    next(iter(langs), None),
+                    list(langs),
+                    c.parent.dataset if c.parent else None,
+                    c.parent.version if c.parent else None,
+                    c.operation,
+                    json.dumps(c.params, default=str),
+                    json.dumps(p.stats, default=str),
+                ],
+            )
+            if p.removals is not None and p.removals.num_rows:
+                con.register("staged_removals", p.removals)
+                con.execute(
+                    "INSERT INTO removals SELECT ?, ?, id, reason, detail FROM staged_removals",
+                    [name, number],
+                )
+                con.unregister("staged_removals")
+            refs.append(VersionRef(name, number))
     return refs
 
 
@@ -284,19 +349,6 @@ def _insert_dataset(con: duckdb.DuckDBPyConnection, info: DatasetInfo, columns: 
             info.is_eval,
         ],
     )
-
-
-def _next_version(con: duckdb.DuckDBPyConnection, cat: Catalog, name: str) -> int:
-    """One past the highest version in the catalog or on disk (orphans are never reused)."""
-    in_catalog = con.execute(
-        "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset = ?", [name]
-    ).fetchall()[0][0]
-    on_disk = [
-        int(entry[1:])
-        for entry, is_dir in storage.listdir(storage.join(cat.workspace.data_root, name))
-        if is_dir and entry.startswith("v") and entry[1:].isdigit()
-    ]
-    return max([in_catalog, *on_disk]) + 1
 
 
 def resolve(cat: Catalog, ref: VersionRef | str) -> VersionInfo:

@@ -128,8 +128,7 @@ def ingest_tables(
         )
     parsed = parse_mapping(mapping) if isinstance(mapping, str | None) else dict(mapping)
     stats = read_stats or ReadStats()
-    staged = versions.stage(cat, name)
-    try:
+    with versions.staging(cat, name) as staged:
         writer = ShardWriter(staged.path)
         columns: dict[str, str] = {}
 
@@ -169,6 +168,7 @@ def ingest_tables(
         [ref] = versions.commit(
             cat,
             Commit(
+                name,
                 staged,
                 "ingest",
                 {**params, "map": columns},
@@ -176,9 +176,6 @@ def ingest_tables(
                 stats=commit_stats,
             ),
         )
-    except BaseException:
-        staged.discard()
-        raise
     return IngestResult(ref, writer.rows, stats.invalid, time.perf_counter() - start)
 
 

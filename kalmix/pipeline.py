@@ -8,6 +8,7 @@ catalog (datatrove-style steps: one step, one job, stats out). Every step return
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +28,8 @@ from corpus.writer import write_table
 @dataclass
 class StepReport:
     operation: str
-    sources: list[str]
-    results: list[str]
+    sources: list[VersionRef]
+    results: list[VersionRef]
     rows_in: int
     rows_out: int
     removed_by_reason: dict[str, int] = field(default_factory=dict)
@@ -37,9 +38,9 @@ class StepReport:
 
     def line(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.removed_by_reason.items())) or "none"
-        made = ", ".join(self.results) or "no new version (nothing changed)"
+        made = ", ".join(map(str, self.results)) or "no new version (nothing changed)"
         return (
-            f"{self.operation}: {', '.join(self.sources)} -> {made}: rows {self.rows_in} -> "
+            f"{self.operation}: {', '.join(map(str, self.sources))} -> {made}: rows {self.rows_in} -> "
             f"{self.rows_out}; removed: {reasons}; {self.seconds:.1f}s"
         )
 
@@ -113,7 +114,7 @@ def apply(
     table = result.table
     report = StepReport(
         operation,
-        [str(source.ref)],
+        [source.ref],
         [],
         source.rows,
         table.num_rows,
@@ -121,41 +122,25 @@ def apply(
         stats=result.stats,
     )
     if always_commit or result.removed.num_rows:
-        ref = _commit_one(cat, source, result, operation, params)
-        report.results.append(str(ref))
-    report.seconds = time.perf_counter() - start
-    return report
-
-
-def _commit_one(
-    cat: Catalog, source: VersionInfo, result: OpResult, operation: str, params: dict
-) -> VersionRef:
-    staged = versions.stage(cat, source.dataset)
-    try:
-        write_table(
-            staged.path,
-            result.table.drop_columns(
-                [c for c in (DATASET_COLUMN,) if c in result.table.column_names]
-            ),
-        )
-        removed = result.removed.drop_columns(
-            [c for c in (DATASET_COLUMN,) if c in result.removed.column_names]
-        )
-        [ref] = versions.commit(
+        report.results = versions.commit(
             cat,
             Commit(
-                staged,
+                source.dataset,
+                _without_dataset(result.table),
                 operation,
                 params,
                 parent=source.ref,
                 stats={"operator": result.stats},
-                removals=removed,
+                removals=_without_dataset(result.removed),
             ),
         )
-    except BaseException:
-        staged.discard()
-        raise
-    return ref
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _without_dataset(table: pa.Table) -> pa.Table:
+    """The table without the `_dataset` column an operator across datasets works with."""
+    return table.drop_columns([c for c in (DATASET_COLUMN,) if c in table.column_names])
 
 
 def apply_across(
@@ -194,15 +179,17 @@ def apply_across(
         raise KalmixError(f"{operation} across datasets runs inline or on Ray, not {executor!r}")
     report = StepReport(
         operation,
-        [str(s.ref) for s in sources],
+        [s.ref for s in sources],
         [],
         rows_in,
         result.table.num_rows,
         _count(result.removed),
         stats=result.stats,
     )
-    commits = []
-    try:
+    # Each dataset's rows are written as soon as they are split off (one copy at a time, not
+    # all of them), then every version is registered in one transaction.
+    with ExitStack() as stack:
+        commits = []
         for info in sources:
             lost = result.removed.filter(
                 pc.equal(result.removed.column(DATASET_COLUMN), info.dataset)
@@ -210,9 +197,11 @@ def apply_across(
             if lost.num_rows == 0:
                 continue
             kept = result.table.filter(pc.equal(result.table.column(DATASET_COLUMN), info.dataset))
-            staged = versions.stage(cat, info.dataset)
+            staged = stack.enter_context(versions.staging(cat, info.dataset))
+            write_table(staged.path, kept.drop_columns([DATASET_COLUMN]))
             commits.append(
                 Commit(
+                    info.dataset,
                     staged,
                     operation,
                     {**params, "across": [str(s.ref) for s in sources]},
@@ -221,13 +210,8 @@ def apply_across(
                     removals=lost.drop_columns([DATASET_COLUMN]),
                 )
             )
-            write_table(staged.path, kept.drop_columns([DATASET_COLUMN]))
         if commits:
-            report.results = [str(r) for r in versions.commit(cat, *commits)]
-    except BaseException:
-        for c in commits:
-            c.staged.discard()
-        raise
+            report.results = versions.commit(cat, *commits)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -50,14 +50,14 @@ def add_version(cat, name, n, category="faq-retrieval", *, language="en", is_eva
             }
         )
     )
-    staged = versions.stage(cat, name)
     per_file = -(-n // 3)
-    with ShardWriter(staged.path, rows_per_shard=per_file) as writer:
-        for batch in table.to_batches(max_chunksize=max(1, per_file // 2)):
-            writer.write(batch)
-        writer.close()
-    info = DatasetInfo(name, category, TASK[category], is_eval=is_eval)
-    return versions.commit(cat, Commit(staged, "ingest", {}, info=info))[0]
+    with versions.staging(cat, name) as staged:
+        with ShardWriter(staged.path, rows_per_shard=per_file) as writer:
+            for batch in table.to_batches(max_chunksize=max(1, per_file // 2)):
+                writer.write(batch)
+            writer.close()
+        info = DatasetInfo(name, category, TASK[category], is_eval=is_eval)
+        return versions.commit(cat, Commit(name, staged, "ingest", {}, info=info))[0]
 
 
 @pytest.fixture(scope="module")

@@ -57,14 +57,11 @@ def test_schema_version_recorded_and_reopen_is_idempotent(ws, cat):
 
 
 def test_commit_assigns_versions_and_lineage(cat):
-    staged = versions.stage(cat, "faq")
-    write_table(staged.path, records(10))
-    [v1] = versions.commit(
-        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
+    info = DatasetInfo("faq", "faq-retrieval", "retrieval")
+    [v1] = versions.commit(cat, Commit("faq", records(10), "ingest", {}, info=info))
+    [v2] = versions.commit(
+        cat, Commit("faq", records(10).slice(0, 7), "dedup", {"threshold": 0.8}, parent=v1)
     )
-    staged = versions.stage(cat, "faq")
-    write_table(staged.path, records(10).slice(0, 7))
-    [v2] = versions.commit(cat, Commit(staged, "dedup", {"threshold": 0.8}, parent=v1))
     assert (v1, v2) == (VersionRef("faq", 1), VersionRef("faq", 2))
     chain = versions.lineage(cat, "faq")
     assert [str(v.ref) for v in chain] == ["faq@v2", "faq@v1"]
@@ -74,23 +71,28 @@ def test_commit_assigns_versions_and_lineage(cat):
 
 
 def test_failed_commit_leaves_nothing(cat):
-    staged = versions.stage(cat, "bad")
-    write_table(staged.path, records(3))
+    with versions.staging(cat, "bad") as staged:
+        write_table(staged.path, records(3))
+        with pytest.raises(KalmixError, match="unknown category"):
+            versions.commit(
+                cat,
+                Commit(
+                    "bad", staged, "ingest", {}, info=DatasetInfo("bad", "no-such-cat", "retrieval")
+                ),
+            )
+    assert not staged.path.exists()
     with pytest.raises(KalmixError, match="unknown category"):
         versions.commit(
-            cat, Commit(staged, "ingest", {}, info=DatasetInfo("bad", "no-such-cat", "retrieval"))
+            cat,
+            Commit("bad", records(3), "ingest", {}, info=DatasetInfo("bad", "no-such-cat", "x")),
         )
-    assert not staged.path.exists()
     assert list((cat.workspace.data_dir / "bad").iterdir()) == []
     assert cat.query("SELECT count(*) AS n FROM dataset_versions").to_pylist()[0]["n"] == 0
 
 
 def test_unknown_dataset_and_version_messages(cat):
-    staged = versions.stage(cat, "faq")
-    write_table(staged.path, records(2))
-    versions.commit(
-        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
-    )
+    info = DatasetInfo("faq", "faq-retrieval", "retrieval")
+    versions.commit(cat, Commit("faq", records(2), "ingest", {}, info=info))
     with pytest.raises(KalmixError, match="did you mean faq"):
         versions.resolve(cat, "fqa")
     with pytest.raises(KalmixError, match="has versions: v1"):
@@ -109,11 +111,8 @@ def test_check_reports_and_fixes_orphans(cat):
 
 
 def test_where_cannot_write_or_read_files(cat, tmp_path):
-    staged = versions.stage(cat, "faq")
-    write_table(staged.path, records(2))
-    versions.commit(
-        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
-    )
+    info = DatasetInfo("faq", "faq-retrieval", "retrieval")
+    versions.commit(cat, Commit("faq", records(2), "ingest", {}, info=info))
     with pytest.raises(KalmixError):
         queries.datasets(cat, "1=1; DROP TABLE datasets")
     with pytest.raises(KalmixError):

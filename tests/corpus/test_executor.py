@@ -42,11 +42,10 @@ def sharded(cat):
             }
         )
     )
-    staged = versions.stage(cat, "faq")
-    write_table(staged.path, table, rows_per_shard=300)
-    versions.commit(
-        cat, Commit(staged, "ingest", {}, info=DatasetInfo("faq", "faq-retrieval", "retrieval"))
-    )
+    with versions.staging(cat, "faq") as staged:
+        write_table(staged.path, table, rows_per_shard=300)
+        info = DatasetInfo("faq", "faq-retrieval", "retrieval")
+        versions.commit(cat, Commit("faq", staged, "ingest", {}, info=info))
     return versions.resolve(cat, "faq")
 
 

@@ -287,19 +287,18 @@ WRITER = """
 import sys, time
 import pyarrow as pa
 from catalog import runs, versions
+from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo
 from catalog.workspace import Workspace
 from corpus.schema import attach_ids
-from corpus.writer import write_table
-cat = Workspace.load(sys.argv[1]).catalog()
+cat = Catalog.open(Workspace.load(sys.argv[1]))
 n = 0
 while True:
-    staged = versions.stage(cat, "busy")
-    write_table(staged.path, attach_ids(pa.table({
+    table = attach_ids(pa.table({
         "task_type": ["retrieval"], "category": ["faq-retrieval"], "instruction": [None],
         "query": [f"q{n}"], "positive": ["p"], "negatives": [[]], "score": [None],
-        "label": [None], "language": ["en"], "source": ["w"], "meta": ["{}"]})))
-    versions.commit(cat, Commit(staged, "ingest", {}, info=DatasetInfo(
+        "label": [None], "language": ["en"], "source": ["w"], "meta": ["{}"]}))
+    versions.commit(cat, Commit("busy", table, "ingest", {}, info=DatasetInfo(
         "busy", "faq-retrieval", "retrieval")))
     runs.update_run(cat, "run-d", summary={"step": n})
     n += 1

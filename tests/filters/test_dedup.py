@@ -156,10 +156,10 @@ def test_cli_dedup_within_and_across_datasets(cli, cat, tmp_path, docs):
 
 
 def _sharded(cat, name: str, table: pa.Table) -> None:
-    staged = versions.stage(cat, name)
-    write_table(staged.path, table, rows_per_shard=8)
-    info = DatasetInfo(name, "faq-retrieval", "retrieval")
-    versions.commit(cat, Commit(staged, "ingest", {}, info=info))
+    with versions.staging(cat, name) as staged:
+        write_table(staged.path, table, rows_per_shard=8)
+        info = DatasetInfo(name, "faq-retrieval", "retrieval")
+        versions.commit(cat, Commit(name, staged, "ingest", {}, info=info))
 
 
 def test_ray_executor_gives_the_local_result(cli, cat, docs, local_ray):

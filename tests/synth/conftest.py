@@ -14,7 +14,6 @@ import pytest
 from catalog import versions
 from catalog.versions import Commit, DatasetInfo
 from corpus.schema import attach_ids
-from corpus.writer import write_table
 from kalmix.ingest import ingest
 from synth.backends import BackendConfig, SamplingParams
 
@@ -54,12 +53,11 @@ def personas(cat, faq):
             }
         )
     )
-    staged = versions.stage(cat, "faq-personas")
-    write_table(staged.path, table)
     [ref] = versions.commit(
         cat,
         Commit(
-            staged,
+            "faq-personas",
+            table,
             "test",
             {},
             parent=faq,

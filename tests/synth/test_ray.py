@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from catalog import versions
-from kalmix.commands.synth import SynthSettings, run_personas
+from kalmix.synthesis import SynthSettings, run_personas
 from synth.generate import RaySynth
 from tests.synth.conftest import FAST, records_meta, transformers_config
 

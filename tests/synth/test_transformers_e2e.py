@@ -11,7 +11,7 @@ import pyarrow as pa
 from catalog import queries, versions
 from catalog.versions import VersionRef
 from corpus.errors import KalmixError
-from kalmix.commands.synth import SynthSettings, run_generate, run_personas
+from kalmix.synthesis import SynthSettings, run_generate, run_personas
 from synth.backends import BatchGenerate, Prompt
 from tests.synth.conftest import FAST, PERSONAS, records_meta, transformers_config
 
@@ -21,7 +21,7 @@ MODEL = "SmolLM2-135M-Instruct.Q4_1"
 def test_personas_from_corpus_into_catalog(cat, faq):
     settings = SynthSettings(transformers_config(), replace(FAST, max_tokens=32), max_retries=1)
     report = run_personas(cat, "faq", n=3, name=None, settings=settings, show_progress=False)
-    assert report.results == ["faq-personas@v1"]
+    assert report.results == [VersionRef("faq-personas", 1)]
     info = versions.resolve(cat, "faq-personas")
     assert info.parent == faq and info.category == "persona" and info.operation == "synth-personas"
     removed = queries.removals_summary(cat, "faq-personas", 1).to_pylist()
@@ -36,7 +36,7 @@ def test_personas_from_corpus_into_catalog(cat, faq):
         assert meta["model"] == MODEL and meta["passage_id"] in faq_ids
         assert meta["sampling"]["temperature"] == 0.0 and len(meta["template_hash"]) == 16
     again = run_personas(cat, "faq", n=3, name=None, settings=settings, show_progress=False)
-    assert again.results == ["faq-personas@v1"] and "already_registered" in again.stats
+    assert again.results == [VersionRef("faq-personas", 1)] and "already_registered" in again.stats
 
 
 def test_generate_two_task_types_into_catalog(cat, personas):
@@ -51,7 +51,7 @@ def test_generate_two_task_types_into_catalog(cat, personas):
         settings=settings,
         show_progress=False,
     )
-    assert sorted(report.results) == ["synth-v1-classification@v1", "synth-v1-sts@v1"]
+    assert sorted(map(str, report.results)) == ["synth-v1-classification@v1", "synth-v1-sts@v1"]
     assert report.rows_in == 4
     persona_ids = set(versions.resolve(cat, personas).read(["id"]).column("id").to_pylist())
     total_valid = 0

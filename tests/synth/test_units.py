@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from corpus.errors import KalmixError
-from kalmix.commands.synth import SynthSettings
+from kalmix.synthesis import SynthSettings
 from synth.backends import (
     BackendConfig,
     Prompt,

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from corpus.corpora import debian, dictd, manpages, pydocs, wordnet
 from corpus.corpora.common import (
+    APT_LISTS_DIR,
     ROOT_ENV,
     apt_install,
     is_root,
@@ -55,7 +56,6 @@ BITEXT_CATEGORIES |= {"zh": "bitext-en-zh", "ja": "bitext-en-ja"}
 WORDNET = "/usr/share/wordnet"
 DICTD = "/usr/share/dictd"
 MAN = "/usr/share/man"
-APT_LISTS = "/var/lib/apt/lists"
 DPKG_STATUS = "/var/lib/dpkg/status"
 
 
@@ -139,7 +139,7 @@ def _definitions(name: str, package: str, licence: str, description: str) -> Cor
     )
 
 
-FREEDICT_LICENCES = {"eng-deu": "GPL-3 and AGPL-3", "eng-fra": "GPL-2+", "eng-spa": "GPL-2+"}
+FREEDICT_LICENCES = {"eng-deu": "GPL-3+", "eng-fra": "GPL-2+", "eng-spa": "GPL-2+"}
 
 
 def _freedict(pair: str) -> Corpus:
@@ -171,7 +171,7 @@ def _manpages() -> Corpus:
         task_type="retrieval",
         category="man-page-retrieval",
         languages=tuple(manpages.languages(root)) if root.is_dir() else ("en",),
-        licence="per page: GPL-2+, BSD, Linux-man-pages-copyleft, ...",
+        licence="per page (GPL-2+, BSD, ...)",
         package="manpages",
         description="every installed man page (translations too): NAME line -> DESCRIPTION",
         provider="debian:manpages",
@@ -181,13 +181,13 @@ def _manpages() -> Corpus:
 
 
 def _debian() -> Corpus:
-    lists, status = system_path(APT_LISTS), system_path(DPKG_STATUS)
+    lists, status = system_path(APT_LISTS_DIR), system_path(DPKG_STATUS)
     return Corpus(
         name="debian-packages",
         task_type="retrieval",
         category="package-description-retrieval",
         languages=("en",),
-        licence="Debian archive metadata (each package's own licence)",
+        licence="per package (archive metadata)",
         package=None,
         description="apt lists: synopsis -> long description (or name -> synopsis where the "
         "long text is not on the machine); every -dev/-doc/-dbg near-copy kept",

@@ -30,6 +30,8 @@ U = TypeVar("U")
 Row = dict[str, Any]
 
 ROOT_ENV = "KALMIX_CORPORA_ROOT"
+APT_LISTS_DIR = "/var/lib/apt/lists"
+DPKG_ADMINDIR = "/var/lib/dpkg"
 
 # The columns a corpus table carries; `kalmix.ingest` maps them onto the record schema by name.
 ROW_SCHEMA = pa.schema(
@@ -136,11 +138,16 @@ def paragraphs(text: str) -> str:
 
 
 def package_version(package: str) -> str | None:
-    """The installed version of a Debian package (dpkg-query), or None if not installed."""
+    """The installed version of a Debian package (dpkg-query), or None if not installed.
+
+    Under `$KALMIX_CORPORA_ROOT` dpkg is asked about that root's database (`--admindir`), so a
+    version registered from a mounted image records the image's package, not this machine's.
+    """
     if shutil.which("dpkg-query") is None:
         return None
+    admindir = ["--admindir", str(system_path(DPKG_ADMINDIR))] if rerooted() else []
     done = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Status}\t${Version}", package],
+        ["dpkg-query", *admindir, "-W", "-f", "${Status}\t${Version}", package],
         capture_output=True,
         text=True,
         check=False,
@@ -155,16 +162,32 @@ def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def apt_install(package: str, status: Callable[[str], None] | None = None) -> None:
-    """`apt-get install -y PACKAGE`, with `apt-get update` first only if the install fails.
+def apt_install(
+    package: str,
+    status: Callable[[str], None] | None = None,
+    lists: Path = Path(APT_LISTS_DIR),
+) -> None:
+    """`apt-get install -y PACKAGE`, after `apt-get update` when the machine has no package lists.
 
+    Docker images delete `/var/lib/apt/lists`, where an install can only fail with "Unable to
+    locate package", so `update` comes first there; with lists present the install is tried
+    first and `update` runs only if it fails (stale lists point at files the mirror dropped).
     The only code in kalmix that touches the network, and only for a package the user asked for.
     """
     if shutil.which("apt-get") is None:
         raise KalmixError(f"Debian package {package} is needed but this system has no apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
+    def say(text: str) -> None:
+        if status:
+            status(text)
+
+    def update() -> None:
+        say("apt-get update ...")
+        subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
+
     def install() -> subprocess.CompletedProcess:
+        say(f"apt-get install -y {package} ...")
         return subprocess.run(
             ["apt-get", "install", "-y", "--no-install-recommends", package],
             capture_output=True,
@@ -173,15 +196,12 @@ def apt_install(package: str, status: Callable[[str], None] | None = None) -> No
             check=False,
         )
 
-    if status:
-        status(f"apt-get install -y {package} ...")
+    updated = not has_package_lists(lists)
+    if updated:
+        update()
     done = install()
-    if done.returncode != 0:
-        if status:
-            status("apt-get update ...")
-        subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
-        if status:
-            status(f"apt-get install -y {package} ...")
+    if done.returncode != 0 and not updated:
+        update()
         done = install()
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
@@ -189,3 +209,8 @@ def apt_install(package: str, status: Callable[[str], None] | None = None) -> No
         raise KalmixError(
             f"apt-get install -y {package} failed ({why}); run it yourself to see the full output"
         )
+
+
+def has_package_lists(lists: Path) -> bool:
+    """Whether apt has downloaded any `*_Packages` list into `lists` (it knows no package else)."""
+    return lists.is_dir() and any(lists.glob("*_Packages*"))

@@ -75,9 +75,13 @@ class Dictionary:
         try:
             text = self.index_path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            line = self.index_path.read_bytes()[: err.start].count(b"\n") + 1
+            blob = self.index_path.read_bytes()
+            line = blob[: err.start].count(b"\n") + 1
+            raw = blob.split(b"\n")[line - 1].decode("utf-8", errors="replace")
+            headword = raw.split("\t", 1)[0]
             raise KalmixError(
-                f"{self.index_path}: line {line} is not UTF-8: the index is corrupt"
+                f"{self.index_path}: entry {headword!r} (line {line}) is not UTF-8: the index "
+                "is corrupt; reinstall its package"
             ) from None
         except FileNotFoundError:
             raise KalmixError(f"{self.index_path} not found") from None
@@ -91,8 +95,9 @@ class Dictionary:
                 entry = Entry(parts[0], decode_number(parts[1]), decode_number(parts[2]), lineno)
             except (ValueError, KeyError):
                 raise KalmixError(
-                    f"{self.index_path}: line {lineno} is not 'headword TAB offset TAB length' "
-                    f"in dictd base64: {line[:80]!r}; the index is corrupt"
+                    f"{self.index_path}: entry {parts[0]!r} (line {lineno}) is not 'headword TAB "
+                    f"offset TAB length' in dictd base64: {line[:80]!r}; the index is corrupt, "
+                    "reinstall its package"
                 ) from None
             if not is_metadata(entry.headword):
                 out.append(entry)
@@ -155,7 +160,7 @@ def _unpack(path: Path) -> tuple[bytes, str | None]:
         return blob, None
     unpacker = zlib.decompressobj(wbits=31)  # gzip header and CRC
     parts: list[bytes] = []
-    step = 1 << 20
+    step = 1 << 16  # small steps: a damaged file still yields most of what precedes the damage
     try:
         for start in range(0, len(blob), step):
             parts.append(unpacker.decompress(blob[start : start + step]))

@@ -13,15 +13,21 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
 import typer
+from rich import box
+from rich.table import Table
 
 from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus import corpora
-from corpus.console import console, print_json, print_table
-from corpus.corpora.common import rerooted, system_root
+from corpus.console import console, print_json
+from corpus.corpora.common import ROOT_ENV, rerooted, system_root
 from kalmix.ingest import IngestResult, ingest_tables
+
+# The listing keeps identifiers on one line and wraps only free text, so it fits 140 columns.
+LIST_COLUMNS = ("name", "task type", "category", "languages", "licence", "package", "installed")
+LIST_COLUMNS += ("rows",)
+WRAPPED = {"languages", "licence"}
 
 app = typer.Typer(
     help="Real raw corpora from Debian packages (WordNet, GCIDE, FOLDOC, FreeDict, man pages, "
@@ -103,24 +109,42 @@ def list_corpora(
     if as_json:
         print_json(found)
         return
-    shown = []
+    table = Table(
+        title="raw corpora (kalmix corpora add NAME)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in LIST_COLUMNS:
+        justify = "right" if column == "rows" else "left"
+        table.add_column(column, no_wrap=column not in WRAPPED, justify=justify)
     for c in found:
         langs = c["languages"]
-        shown.append(
-            {
-                "name": c["name"],
-                "task type": c["task_type"],
-                "category": c["category"],
-                "languages": ", ".join(langs[:4])
-                + (f" +{len(langs) - 4}" if len(langs) > 4 else ""),
-                "licence": c["licence"],
-                "package": c["package"],
-                "installed": "yes" if c["installed"] else "no",
-                "rows": f"{c['rows']:,}" if c["rows"] is not None else "",
-            }
+        table.add_row(
+            c["name"],
+            c["task_type"],
+            c["category"],
+            ", ".join(langs[:2]) + (f" +{len(langs) - 2}" if len(langs) > 2 else ""),
+            c["licence"],
+            c["package"],
+            "yes" if c["installed"] else "no",
+            f"{c['rows']:,}" if c["rows"] is not None else "",
         )
-    print_table(
-        pa.Table.from_pylist(shown), title="raw corpora (kalmix corpora add NAME)", width=40
+    console.print(table)
+    console.print(summary(found))
+
+
+def summary(found: list[dict[str, Any]]) -> str:
+    """One line on what is installed: the `rows` total is a lower bound (see `list`)."""
+    installed = [c for c in found if c["installed"]]
+    counted = [c["rows"] for c in installed if c["rows"] is not None]
+    languages = {lang for c in installed for lang in c["languages"]}
+    where = f" under {ROOT_ENV}={system_root()}" if rerooted() else ""
+    return (
+        f"{len(installed)} of {len(found)} corpora installed{where}: "
+        f"{len({c['category'] for c in installed})} categories, {len(languages)} languages, "
+        f"{sum(counted):,} rows counted in {len(counted)} (the other {len(installed) - len(counted)}"
+        " need a full parse)"
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from catalog.db import Catalog, fetch_one
-from catalog.versions import NAME_RE
+from catalog.versions import check_name
 from corpus.errors import KalmixError
 from corpus.schema import suggest
 
@@ -64,17 +64,8 @@ _COLUMNS = (
 )
 
 
-def check_run_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise KalmixError(
-            f"run name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
-            "(at most 128, not starting with a symbol)"
-        )
-    return name
-
-
 def run_dir(cat: Catalog, name: str) -> Path:
-    return cat.workspace.runs_dir / check_run_name(name)
+    return cat.workspace.runs_dir / check_name(name, "run")
 
 
 def _info(cat: Catalog, row: tuple) -> RunInfo:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import duckdb
 import pyarrow as pa
@@ -51,18 +51,28 @@ def parse_ref(text: str) -> tuple[str, int | None]:
 
 
 @dataclass(frozen=True)
-class VersionRef:
-    """`name@vN`; `version=None` means the latest at resolution time."""
+class Ref:
+    """`name@vN` of something the catalog versions (a dataset or a mixture); `version=None`
+    means the latest at resolution time. One grammar for both, so the CLI reads them alike."""
 
-    dataset: str
+    name: str
     version: int | None = None
 
     @classmethod
-    def parse(cls, text: str) -> VersionRef:
+    def parse(cls, text: str) -> Self:
         return cls(*parse_ref(text))
 
     def __str__(self) -> str:
-        return self.dataset if self.version is None else f"{self.dataset}@v{self.version}"
+        return self.name if self.version is None else f"{self.name}@v{self.version}"
+
+
+@dataclass(frozen=True)
+class VersionRef(Ref):
+    """A dataset version; `dataset` is its name."""
+
+    @property
+    def dataset(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -132,10 +142,11 @@ class Commit:
     removals: pa.Table | None = None
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, kind: str = "dataset") -> str:
+    """`name` if it may name a `kind` (dataset, mixture, run): it becomes a folder name."""
     if not NAME_RE.match(name):
         raise KalmixError(
-            f"dataset name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
+            f"{kind} name {name!r} is not valid: use letters, digits, '.', '_' or '-' "
             "(at most 128, not starting with a symbol)"
         )
     return name

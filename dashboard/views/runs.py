@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 import pyarrow.compute as pc
 import streamlit as st
 
-from catalog import runs as catalog_runs
+from catalog.versions import check_name
 from dashboard import actions, auth, data, ui
 
 root = ui.root()
@@ -103,7 +103,7 @@ def start_form(kind: str, view: data.RunsView, runs: pd.DataFrame) -> None:
     name, args = picked
     st.code(actions.shell_line(args), language="bash")
     if st.button(f"Start kalmix {kind}", type="primary", key=f"start_{kind}"):
-        catalog_runs.check_run_name(name)
+        check_name(name, "run")
         if kind == "train" and (name in set(runs["name"]) or data.run_dir(root, name).exists()):
             st.error(f"a run named {name!r} exists already; choose another name")
             return

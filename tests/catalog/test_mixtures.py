@@ -12,7 +12,6 @@ from catalog import versions
 from catalog.mixtures import (
     MixtureRef,
     MixtureSpec,
-    _split_and,
     create_mixture,
     diff_mixtures,
     iter_dataset_tables,
@@ -20,6 +19,7 @@ from catalog.mixtures import (
     plan_mixture,
     resolve_mixture,
 )
+from catalog.mixtures.plan import _split_and
 from catalog.versions import Commit, DatasetInfo
 from catalog.workspace import Workspace
 from corpus.errors import KalmixError

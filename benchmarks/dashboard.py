@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from catalog.db import Catalog
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_results  # noqa: E402
@@ -76,7 +78,7 @@ def generate(root: Path):
     from catalog.workspace import Workspace
 
     ws = Workspace.init(root)
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     with cat.write() as con:
         con.execute(
             f"""

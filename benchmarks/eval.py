@@ -36,6 +36,7 @@ def main() -> None:
     import mteb
     from sentence_transformers import SentenceTransformer
 
+    from catalog.db import Catalog
     from catalog.workspace import Workspace
     from trainer.evaluation.run import EvalConfig, evaluate
     from trainer.evaluation.tasks import LOCAL_BY_NAME, LoadOptions
@@ -71,10 +72,10 @@ def main() -> None:
         ws = Workspace.init(Path(tmp) / "ws")
         config = EvalConfig(tasks=TASKS, subsets=("en",), device="cpu")
         start = time.perf_counter()
-        cold = evaluate(ws.catalog(), model_dir, config)
+        cold = evaluate(Catalog.open(ws), model_dir, config)
         cold_s = time.perf_counter() - start
         start = time.perf_counter()
-        warm = evaluate(ws.catalog(), model_dir, config)
+        warm = evaluate(Catalog.open(ws), model_dir, config)
         warm_s = time.perf_counter() - start
     ours = {(r.task, r.split, r.subset): r.main_score for r in cold.rows}
     max_diff = max(abs(ours[k] - v) for k, v in baseline.items())

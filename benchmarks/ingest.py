@@ -38,9 +38,10 @@ pl.read_ndjson(sys.argv[1], infer_schema_length=None).write_parquet(sys.argv[2])
 
 KALMIX = """
 import sys
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from kalmix.ingest import ingest
-cat = Workspace.init(sys.argv[2]).catalog()
+cat = Catalog.open(Workspace.init(sys.argv[2]))
 print(ingest(cat, sys.argv[1], name="bench", category="python-docs-qa").rows)
 """
 

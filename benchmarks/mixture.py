@@ -45,9 +45,10 @@ SPEC = {
 
 KALMIX = """
 import json, sys, time
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from catalog.mixtures import MixtureSpec, create_mixture, plan_mixture
-cat = Workspace.load(sys.argv[1]).catalog()
+cat = Catalog.open(Workspace.load(sys.argv[1]))
 spec = MixtureSpec.from_dict(json.loads(sys.argv[2]))
 t = time.perf_counter()
 plan_mixture(cat, spec)
@@ -64,9 +65,10 @@ print(json.dumps({"rows": mv.rows, "plan_s": plan_s, "create_s": create_s,
 
 READ = """
 import json, sys, time
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from catalog.mixtures import iter_dataset_tables
-cat = Workspace.load(sys.argv[1]).catalog()
+cat = Catalog.open(Workspace.load(sys.argv[1]))
 t = time.perf_counter()
 rows = 0
 for _, table in iter_dataset_tables(cat, "bench@v1", columns=["query", "positive"]):
@@ -121,12 +123,13 @@ def make_workspace(root: Path) -> dict:
     import polars as pl
 
     from catalog import versions
+    from catalog.db import Catalog
     from catalog.versions import Commit, DatasetInfo
     from catalog.workspace import Workspace
     from corpus.schema import RECORD_SCHEMA
     from corpus.writer import write_table
 
-    cat = Workspace.init(root).catalog()
+    cat = Catalog.open(Workspace.init(root))
     rng = np.random.default_rng(0)
     sizes = np.exp(rng.uniform(np.log(5_000), np.log(200_000), DATASETS))
     sizes = np.floor(sizes / sizes.sum() * TOTAL_ROWS).astype(int)

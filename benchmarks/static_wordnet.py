@@ -70,6 +70,7 @@ OURS = (
     """
 import json, sys, time
 from pathlib import Path
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from sentence_transformers import SentenceTransformer
 from trainer.config import TrainConfig
@@ -123,12 +124,13 @@ print("RESULT", json.dumps({"spearman": stsb_spearman(model), "steps": out.globa
 
 
 def prepare(root: Path, pairs: list[tuple[str, str]]) -> None:
+    from catalog.db import Catalog
     from catalog.mixtures import MixtureSpec, create_mixture
     from catalog.workspace import Workspace
     from kalmix.ingest import ingest
 
     ws = Workspace.init(root / "ws")
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     src = root / "wordnet.jsonl"
     with src.open("w", encoding="utf-8") as fh:
         for q, p in pairs:

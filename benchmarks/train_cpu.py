@@ -47,13 +47,14 @@ PREPARE = """
 import json, sys
 from pathlib import Path
 from catalog.mixtures import MixtureSpec, create_mixture
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from kalmix.ingest import ingest
 from trainer.config import TrainConfig
 from trainer.data import BatchSampler, load_mixture
 root = Path(sys.argv[1])
 ws = Workspace.init(root / "ws")
-cat = ws.catalog()
+cat = Catalog.open(ws)
 import corpus
 sample = Path(corpus.__file__).parent / "sample"
 ingest(cat, sample / "faq_multilingual.jsonl", name="faq", category="faq-retrieval")
@@ -71,6 +72,7 @@ print(report.rows_used)
 OURS = """
 import json, sys
 from pathlib import Path
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from trainer.config import TrainConfig
 from trainer.train import train

@@ -8,6 +8,7 @@ import pyarrow as pa
 import typer
 
 from catalog import queries, versions
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
@@ -29,7 +30,7 @@ def categories(
 
     Example: kalmix catalog categories --task-type retrieval
     """
-    table = queries.categories(Workspace.resolve().catalog(), task_type)
+    table = queries.categories(Catalog.open(Workspace.resolve()), task_type)
     if as_json:
         print_json(table)
         return
@@ -50,7 +51,7 @@ def datasets(
 
     Example: kalmix catalog datasets --where "task_type = 'sts' and rows > 1000"
     """
-    table = queries.datasets(Workspace.resolve().catalog(), where)
+    table = queries.datasets(Catalog.open(Workspace.resolve()), where)
     if as_json:
         print_json(table)
         return
@@ -70,7 +71,7 @@ def show(
 
     Example: kalmix catalog show faq@v2
     """
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     chain = versions.lineage(cat, ref)
     info = chain[0]
     removals = queries.removals_summary(cat, info.dataset, info.version)
@@ -142,7 +143,7 @@ def check(
 
     Example: kalmix catalog check --fix
     """
-    report = versions.check(Workspace.resolve().catalog(), fix=fix)
+    report = versions.check(Catalog.open(Workspace.resolve()), fix=fix)
     for path in report.orphans:
         console.print(
             f"orphan version folder (no catalog row): {path}" + (" — removed" if fix else "")

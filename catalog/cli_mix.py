@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from catalog import mixtures
+from catalog.db import Catalog
 from catalog.mixtures import WEIGHTINGS, ManifestEntry, MixtureSpec, MixtureVersion
 from catalog.schema import DATASETS_VIEW_COLUMNS
 from catalog.workspace import Workspace
@@ -140,7 +141,7 @@ def create(
             **_pairs(instruction, "--instruction"),
         }
     spec = MixtureSpec.from_dict(merged)
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     start = time.perf_counter()
     if dry_run:
         entries = mixtures.plan_mixture(cat, spec)
@@ -190,7 +191,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 
     Example: kalmix mix list
     """
-    table = mixtures.list_mixtures(Workspace.resolve().catalog())
+    table = mixtures.list_mixtures(Catalog.open(Workspace.resolve()))
     if as_json:
         print_json(table)
     elif table.num_rows == 0:
@@ -208,7 +209,7 @@ def show(
 
     Example: kalmix mix show en-zh@v1
     """
-    mv = mixtures.resolve_mixture(Workspace.resolve().catalog(), ref)
+    mv = mixtures.resolve_mixture(Catalog.open(Workspace.resolve()), ref)
     if as_json:
         print_json(_as_dict(mv))
         return
@@ -234,7 +235,7 @@ def diff(
 
     Example: kalmix mix diff en-zh@v1 en-zh@v2
     """
-    table = mixtures.diff_mixtures(Workspace.resolve().catalog(), a, b)
+    table = mixtures.diff_mixtures(Catalog.open(Workspace.resolve()), a, b)
     if as_json:
         print_json(table)
         return
@@ -264,7 +265,7 @@ def materialize(
 
     Example: kalmix mix materialize en-zh@v1 --out shards/en-zh-v1
     """
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     mv = mixtures.resolve_mixture(cat, ref)
     start = time.perf_counter()
     with progress(transient=True) as bar:

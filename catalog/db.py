@@ -39,6 +39,8 @@ class Catalog:
 
     @classmethod
     def open(cls, workspace: Workspace) -> Catalog:
+        """The workspace's catalog: created and seeded with the taxonomy on first use (`kalmix
+        init`), and brought up to the latest schema when an older kalmix made it."""
         cat = cls(workspace, float(workspace.settings["catalog"]["lock_timeout_s"]))
         cat.ensure_schema()
         return cat

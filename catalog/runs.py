@@ -206,11 +206,16 @@ def update_run(
 
 
 def list_runs(cat: Catalog) -> pa.Table:
-    """Every run, newest first, with its mixture reference and status."""
+    """Every run, newest first: its mixture reference, status, seconds so far (or in all), and
+    config and summary as JSON text (what the dashboard's Runs page shows)."""
     return cat.query(
         """
-        SELECT name, kind, mixture || '@v' || mixture_version AS mixture, base_model, status,
-               started_at, finished_at, summary, error
+        SELECT name, kind,
+               CASE WHEN mixture IS NULL THEN NULL
+                    ELSE mixture || '@v' || mixture_version END AS mixture,
+               base_model, status, pid, started_at, finished_at,
+               epoch(coalesce(finished_at, now()::TIMESTAMP) - started_at) AS seconds,
+               path, config::VARCHAR AS config, summary::VARCHAR AS summary, error
         FROM runs ORDER BY started_at DESC, name
         """
     )

@@ -177,20 +177,6 @@ def import_reference(
     )
 
 
-def latest_scores(cat: Catalog, model: str, run: str | None = None) -> pa.Table:
-    """The rows of the latest evaluation of one model (or run), by task, split and subset."""
-    return cat.query(
-        """
-        SELECT task, task_type, split, subset, main_score, mteb_version, evaluated_at
-        FROM scores
-        WHERE NOT is_reference AND model = ? AND run IS NOT DISTINCT FROM ?
-        QUALIFY evaluated_at = max(evaluated_at) OVER (PARTITION BY task)
-        ORDER BY task_type, task, split, subset
-        """,
-        [model, run],
-    )
-
-
 def compare_table(
     cat: Catalog,
     runs: Sequence[str] | None = None,

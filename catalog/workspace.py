@@ -15,6 +15,7 @@ from typing import Any
 
 import tomli_w
 
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.storage import StorePath, is_uri
 
@@ -80,15 +81,10 @@ class Workspace:
     def cache_dir(self) -> Path:
         return self.root / "cache"
 
-    def catalog(self):
-        """The catalog of this workspace (schema migrated on first use)."""
-        from catalog.db import Catalog
-
-        return Catalog.open(self)
-
     @classmethod
     def init(cls, root: Path, data: str | None = None) -> Workspace:
-        """Create (or complete) a workspace; idempotent, never touches existing data.
+        """Create (or complete) a workspace's folders and settings; idempotent, never touches
+        existing data. The catalog comes from `Catalog.open` (what `kalmix init` does next).
 
         `data` sets `[storage] data`, where new dataset versions go (e.g. s3://bucket/prefix);
         it is checked by writing there, so a wrong bucket or credentials fail now.
@@ -111,9 +107,7 @@ class Workspace:
             raise KalmixError(f"cannot create a workspace at {root}: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise KalmixError(f"{config} is not valid TOML: {err}") from None
-        ws = cls.load(root)
-        ws.catalog()  # creates catalog.duckdb, applies migrations, seeds the taxonomy
-        return ws
+        return cls.load(root)
 
     @classmethod
     def load(cls, root: Path) -> Workspace:
@@ -147,8 +141,6 @@ class Workspace:
 
 def _check_writable(root: StorePath) -> None:
     """Write and remove a marker under `root`: an unreachable store fails with its reason."""
-    from corpus import storage
-
     probe = storage.join(root, f".kalmix-probe-{os.getpid()}")
     try:
         storage.makedirs(probe)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import typer
 
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console
 from corpus.errors import KalmixError
@@ -159,7 +160,7 @@ def dashboard(
     Example: kalmix dashboard --workspace ws/ --port 8501
     """
     ws = Workspace.resolve(workspace)
-    ws.catalog()  # applies pending migrations now: the app never writes
+    Catalog.open(ws)  # applies pending migrations now: the app never writes
     if token is not None and not token.strip():
         raise KalmixError("--token must not be empty (leave it out to have one generated)")
     if token is None and not is_loopback(host):

@@ -372,17 +372,7 @@ class RunsView:
 @st.cache_data(ttl=2, show_spinner=False)
 def runs_view(root: str) -> RunsView:
     with snapshot(root) as cat:
-        table = cat.query(
-            """
-            SELECT name, kind,
-                   CASE WHEN mixture IS NULL THEN NULL
-                        ELSE mixture || '@v' || mixture_version END AS mixture,
-                   base_model, status, pid, started_at, finished_at,
-                   epoch(coalesce(finished_at, now()::TIMESTAMP) - started_at) AS seconds,
-                   path, config::VARCHAR AS config, summary::VARCHAR AS summary, error
-            FROM runs ORDER BY started_at DESC, name
-            """
-        )
+        table = runs.list_runs(cat)
         refs = cat.query(
             "SELECT mixture || '@v' || version AS ref FROM mixture_versions "
             "ORDER BY created_at DESC, mixture, version DESC"

@@ -12,6 +12,7 @@ from typer._click import exceptions as click_errors  # Typer >= 0.25 vendors cli
 
 from catalog.cli import app as catalog_app
 from catalog.cli_mix import app as mix_app
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console, err_console
 from corpus.errors import KalmixError
@@ -62,7 +63,7 @@ def init(
     Example: kalmix init ws/ && export KALMIX_HOME=ws
     """
     ws = Workspace.init(path, data)
-    with ws.catalog().read() as con:
+    with Catalog.open(ws).read() as con:
         n = con.execute("SELECT count(*) FROM categories").fetchall()[0][0]
     where = "" if ws.data_root == ws.data_dir else f"; dataset versions in {ws.data_root}"
     console.print(f"workspace ready at {ws.root} ({n} task categories{where})")
@@ -108,7 +109,7 @@ def ingest(
     """
     from kalmix.ingest import ingest as run_ingest
 
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     with console.status(f"ingesting {file} ...") as status:
         result = run_ingest(
             cat,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 
 SHARED_DATA = Path(
@@ -28,7 +29,7 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
 
 @pytest.fixture
 def cat(ws: Workspace):
-    return ws.catalog()
+    return Catalog.open(ws)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
@@ -109,7 +110,7 @@ def run(
     """
     from trainer.evaluation.run import EvalConfig, evaluate_many
 
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     config = EvalConfig(
         suite=suite,
         tasks=_split(tasks),
@@ -192,7 +193,7 @@ def import_reference(
     from catalog.scores import import_reference as load
     from trainer.evaluation.suite import task_type_of
 
-    result = load(Workspace.resolve().catalog(), file, task_type_of)
+    result = load(Catalog.open(Workspace.resolve()), file, task_type_of)
     console.print(result.line())
 
 
@@ -234,7 +235,7 @@ def compare(
     """
     from catalog.scores import compare_table, lift_table
 
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     picked = _runs_matching(cat, _split(runs)) if runs else None
     if baseline and not by_mixture:
         raise KalmixError("--baseline goes with --by-mixture")

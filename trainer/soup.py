@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from catalog import runs
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console
 from corpus.errors import KalmixError
@@ -142,7 +143,7 @@ def soup(
         raise KalmixError("a soup needs at least two runs")
     if len(set(parts)) != len(parts):
         raise KalmixError("each run may appear once in a soup; use --weights to weigh one more")
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     norm = _weights(parts, weights)
     infos = [runs.require_run(cat, name) for name in parts]
     for info in infos:

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from catalog import runs
+from catalog.db import Catalog
 from catalog.mixtures import MixtureVersion
 from catalog.workspace import Workspace
 from corpus.console import console, progress
@@ -220,7 +221,7 @@ class _Run:
         resume: bool,
     ) -> None:
         self.ws, self.d, self.name, self.resume = ws, d, name, resume
-        self.cat = ws.catalog()
+        self.cat = Catalog.open(ws)
         self.path = runs.run_dir(self.cat, name)
         self.restore_from: Path | None = None
         existing = runs.get_run(self.cat, name)

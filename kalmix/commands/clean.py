@@ -140,7 +140,7 @@ def dedup(
         priority_column=column,
         workers=workers,
     )
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     sources = select_versions(cat, across) if across else [versions.resolve(cat, ref)]
     with progress(transient=True) as bar:
         task = bar.add_task("MinHash signatures", total=None)
@@ -207,7 +207,7 @@ def langid(
 
     config = LangIdConfig(field=field, keep=_names(keep), min_score=min_score)
     model_path()  # fail before reading any data if the model is missing
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     info = versions.resolve(cat, ref)
     with console.status(f"language ID on {info.ref} ({info.rows:,} rows) ..."):
         report = apply(
@@ -254,7 +254,7 @@ def decontaminate(
     config = DecontaminateConfig(
         fields=_names(fields), ngram=ngram, threshold=threshold, min_words=min_words
     )
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     info = versions.resolve(cat, ref)
     with console.status("loading evaluation data ..."):
         items = pa.concat_tables([_eval_items(cat, name, info.dataset) for name in against])

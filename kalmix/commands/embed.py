@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from catalog import versions
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console
 from corpus.errors import KalmixError
@@ -117,7 +118,7 @@ def consistency(
     from kalmix.pipeline import apply
 
     ws = Workspace.resolve()
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     config = ConsistencyConfig(top_k=top_k, instructions=instructions)
     source = _pair_source(cat, ref, "ranking-consistency filtering")
     embedder = _embedder(ws, model, batch_size)
@@ -208,7 +209,7 @@ def mine(
         backend=index,
     )
     ws = Workspace.resolve()
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     source = _pair_source(cat, ref, "hard-negative mining")
     embedder = _embedder(ws, model, batch_size)
     teacher_embedder = _embedder(ws, teacher, batch_size) if teacher else None
@@ -311,7 +312,7 @@ def semdedup(
         keeper=rule,
     )
     ws = Workspace.resolve()
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     sources = select_versions(cat, across) if across else [versions.resolve(cat, ref)]
     embedder = _embedder(ws, model, batch_size)
     if threshold is None:  # the model's own default

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog import versions
+from catalog.db import Catalog
 from catalog.mixtures import (
     MixtureRef,
     MixtureSpec,
@@ -63,7 +64,7 @@ def add_version(cat, name, n, category="faq-retrieval", *, language="en", is_eva
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One workspace with datasets; tests here only add mixtures (distinct names) to it."""
-    cat = Workspace.init(tmp_path_factory.mktemp("mix") / "ws").catalog()
+    cat = Catalog.open(Workspace.init(tmp_path_factory.mktemp("mix") / "ws"))
     add_version(cat, "big", 1000)
     add_version(cat, "mid", 100, "general-sts", language="zh")
     add_version(cat, "small", 10, "banking-intent")

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from catalog import queries, versions
+from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo, VersionRef
 from corpus.errors import KalmixError
 from corpus.schema import attach_ids
@@ -52,7 +53,7 @@ def test_taxonomy_has_100_categories_of_every_task_type(cat):
 
 def test_schema_version_recorded_and_reopen_is_idempotent(ws, cat):
     assert cat.query("SELECT max(version) AS v FROM schema_version").to_pylist()[0]["v"] >= 1
-    again = ws.catalog()
+    again = Catalog.open(ws)
     assert again.query("SELECT count(*) AS n FROM categories").to_pylist()[0]["n"] >= 100
 
 
@@ -124,18 +125,20 @@ def test_where_cannot_write_or_read_files(cat, tmp_path):
 
 WRITER = r"""
 import sys
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from kalmix.ingest import ingest
-cat = Workspace.load(sys.argv[1]).catalog()
+cat = Catalog.open(Workspace.load(sys.argv[1]))
 for i in range(int(sys.argv[4])):
     ingest(cat, sys.argv[2], name=sys.argv[3], category="faq-retrieval")
 """
 
 READER = r"""
 import sys, time
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from catalog import queries
-cat = Workspace.load(sys.argv[1]).catalog()
+cat = Catalog.open(Workspace.load(sys.argv[1]))
 deadline = time.time() + float(sys.argv[2])
 n = 0
 while time.time() < deadline:
@@ -161,7 +164,7 @@ def test_two_writers_and_a_reader_all_succeed(ws, tmp_path):
     assert [w.wait(timeout=120) for w in writers] == [0, 0]
     out, _ = reader.communicate(timeout=120)
     assert reader.returncode == 0 and int(out) > 0
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     rows = cat.query(
         "SELECT dataset, count(*) AS n, sum(rows) AS r FROM dataset_versions GROUP BY 1 ORDER BY 1"
     ).to_pylist()
@@ -171,6 +174,7 @@ def test_two_writers_and_a_reader_all_succeed(ws, tmp_path):
 KILLED = r"""
 import sys, time
 import pyarrow as pa
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from kalmix.ingest import ingest
 import corpus.writer as w
@@ -180,7 +184,7 @@ def slow(self, table):
     print("writing", flush=True)
     time.sleep(30)
 w.ShardWriter.write = slow
-cat = Workspace.load(sys.argv[1]).catalog()
+cat = Catalog.open(Workspace.load(sys.argv[1]))
 ingest(cat, sys.argv[2], name="faq", category="faq-retrieval")
 """
 
@@ -189,7 +193,7 @@ def test_killed_ingest_leaves_previous_version_intact(ws, tmp_path):
     src = write_jsonl(
         tmp_path / "faq.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(50)]
     )
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     ingest(cat, src, name="faq", category="faq-retrieval")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     proc = subprocess.Popen(

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pytest
 
 from catalog import versions
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus import corpora
 from corpus.corpora import debian, dictd, pydocs
@@ -254,7 +255,7 @@ def test_corpora_add_registers_one_ingest_version(
     result = cli("--workspace", str(fresh_ws), "corpora", "add", name)
     assert result.exit_code == 0, result.output
     assert f"corpora add: {name} " in result.output and f"{name}@v1: {rows:,} rows" in result.output
-    cat = Workspace.load(fresh_ws).catalog()
+    cat = Catalog.open(Workspace.load(fresh_ws))
     [info] = versions.lineage(cat, name)
     corpus = corpora.registry()[name]
     assert (info.version, info.operation, info.rows) == (1, "ingest", rows)
@@ -272,7 +273,7 @@ def test_corpora_add_limit_and_name(excerpts: Path, fresh_ws: Path, cli) -> None
     args = ["--workspace", str(fresh_ws), "corpora", "add", "gcide", "--limit", "5"]
     assert cli(*args, "--seed", "3", "--name", "webster").exit_code == 0
     assert cli(*args, "--name", "webster").exit_code == 0  # same dataset: a second version
-    cat = Workspace.load(fresh_ws).catalog()
+    cat = Catalog.open(Workspace.load(fresh_ws))
     both = [versions.resolve(cat, f"webster@v{n}") for n in (1, 2)]
     assert [(v.rows, v.params["seed"], v.params["limit"]) for v in both] == [(5, 3, 5), (5, 0, 5)]
     assert all(v.parent is None and v.operation == "ingest" for v in both)
@@ -407,7 +408,7 @@ def test_corrupt_dictionary_through_the_cli_leaves_nothing(tmp_path, fresh_ws, c
     result = cli("--workspace", str(fresh_ws), "corpora", "add", "foldoc")
     assert isinstance(result.exception, KalmixError), result.output
     assert "foldoc.dict.dz: entry " in str(result.exception)
-    cat = Workspace.load(fresh_ws).catalog()
+    cat = Catalog.open(Workspace.load(fresh_ws))
     assert not cat.query("SELECT * FROM datasets").num_rows
     assert not list((fresh_ws / "data").glob("foldoc/.staging-*"))
 
@@ -436,7 +437,7 @@ def test_killed_corpora_add_leaves_no_version(tmp_path: Path, fresh_ws: Path, cl
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"not killed mid-run: {log.read_text()[-2000:]}"
     assert staged
-    cat = Workspace.load(fresh_ws).catalog()
+    cat = Catalog.open(Workspace.load(fresh_ws))
     assert not cat.query("SELECT * FROM dataset_versions").num_rows
     assert not cat.query("SELECT * FROM datasets").num_rows
 

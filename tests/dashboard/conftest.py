@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pytest
 
 from catalog import mixtures, runs, scores, versions
+from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.operator import OpResult, split_by_mask
 from kalmix.ingest import ingest
@@ -100,7 +101,7 @@ def dead_pid() -> int:
 
 def build_workspace(root: Path) -> Workspace:
     ws = Workspace.init(root)
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     sample = resources.files("corpus") / "sample"
     for file, name, category in SAMPLES:
         with resources.as_file(sample / file) as path:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from catalog.db import Catalog
 from dashboard.cli import streamlit_command
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -257,7 +258,7 @@ def test_create_a_mixture_from_the_mixtures_page(browser, writable_server, fresh
     # Newest first: the new version is the one shown, with its manifest.
     assert picker.input_value() == "mix-browser@v1"
     no_exception(page)
-    refs = fresh_ws.catalog().query("SELECT mixture, version FROM mixture_versions").to_pylist()
+    refs = Catalog.open(fresh_ws).query("SELECT mixture, version FROM mixture_versions").to_pylist()
     assert {"mixture": "mix-browser", "version": 1} in refs
 
 

@@ -15,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from catalog import mixtures, runs, scores
+from catalog.db import Catalog
 from corpus.errors import KalmixError
 from dashboard import actions, auth
 from tests.dashboard.conftest import APP, RUN_TASKS, SAMPLE_LIMIT, dead_pid
@@ -123,7 +124,7 @@ def test_mixture_builder_previews_creates_and_diffs(fresh_ws, use_ws):
     assert "kalmix mix create mix-b" in texts(at.code)
     at.button(key="mb_create").click().run()
     assert "mix-b@v1" in texts(clean(at).success)
-    cat = fresh_ws.catalog()
+    cat = Catalog.open(fresh_ws)
     made = mixtures.resolve_mixture(cat, "mix-b@v1")
     spec_ = {"where": "task_type = 'retrieval' OR task_type = 'sts'", "budget": 100}
     planned = mixtures.plan_mixture(cat, spec_)
@@ -166,7 +167,7 @@ def test_cancel_sends_sigterm_to_the_runs_process(fresh_ws, use_ws):
     use_ws(fresh_ws)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "run-live"])
     try:
-        cat = fresh_ws.catalog()
+        cat = Catalog.open(fresh_ws)
         runs.create_run(
             cat,
             "run-live",
@@ -203,7 +204,7 @@ def test_compare_page_table_deltas_heat_map_and_radar(dashboard_ws, use_ws):
     use_ws(dashboard_ws)
     at = clean(render("views/compare.py"))
     table = frame(at, "kind")
-    cat = dashboard_ws.catalog()
+    cat = Catalog.open(dashboard_ws)
     full = scores.compare_table(cat).to_pandas()
     sampled = scores.compare_table(cat, samples=True).to_pandas()
     assert len(table) == len(full) + len(sampled) and (table["kind"] == "reference").sum() >= 4
@@ -232,7 +233,7 @@ def test_compare_page_shows_sampled_scores_apart_from_full_ones(dashboard_ws, us
     sampled = table.loc["run-a (mix-a@v1) · sampled"]
     assert full["scores"] == "full split"
     assert sampled["scores"] == f"sampled ({SAMPLE_LIMIT} rows per split)"
-    cat = dashboard_ws.catalog()
+    cat = Catalog.open(dashboard_ws)
     by_model = {
         mode: scores.compare_table(cat, samples=mode).to_pandas().set_index("model")
         for mode in (False, True)
@@ -251,7 +252,7 @@ def test_compare_page_shows_sampled_scores_apart_from_full_ones(dashboard_ws, us
 def test_compare_page_after_the_demo_sampled_runs_beside_references(fresh_ws, use_ws):
     """What `make demo` leaves: runs evaluated only on samples, and the imported reference
     scores. The page shows both, not "No scores yet"."""
-    with fresh_ws.catalog().write() as con:
+    with Catalog.open(fresh_ws).write() as con:
         con.execute(
             f"DELETE FROM scores WHERE NOT is_reference "
             f"AND split NOT LIKE '%{scores.SAMPLE_SPLIT_MARK}%'"
@@ -383,7 +384,7 @@ def test_without_the_token_a_session_creates_no_mixture(fresh_ws, use_ws, monkey
     at.button(key="mb_create").click().run()
     assert not at.exception and not at.success
     assert "Creating a mixture is refused" in texts(at.error) and "token" in texts(at.error)
-    refs = fresh_ws.catalog().query("SELECT mixture FROM mixture_versions").to_pylist()
+    refs = Catalog.open(fresh_ws).query("SELECT mixture FROM mixture_versions").to_pylist()
     assert {r["mixture"] for r in refs} == {"mix-a"}
 
     # A wrong token in the sidebar is said to be wrong; the right one unlocks the session.
@@ -417,7 +418,7 @@ def test_without_the_token_nothing_is_started_or_signalled(fresh_ws, use_ws, mon
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "run-live"])
     try:
         runs.create_run(
-            fresh_ws.catalog(),
+            Catalog.open(fresh_ws),
             "run-live",
             mixture="mix-a",
             mixture_version=1,

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from catalog import versions
+from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture, iter_dataset_tables
 from catalog.workspace import Workspace
 from corpus import storage
@@ -27,7 +28,7 @@ def _rows() -> list[dict]:
 
 
 def _workspace(root, data: str | None = None):
-    return Workspace.init(root, data).catalog()
+    return Catalog.open(Workspace.init(root, data))
 
 
 def _ids(cat, ref: str) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from catalog.workspace import Workspace
 from kalmix.ingest import ingest
@@ -27,7 +28,7 @@ VOCAB = 8192
 def training_workspace(root: Path) -> tuple[Workspace, str]:
     """A workspace with three sample datasets and the mixture `mix@v1` over them."""
     ws = Workspace.init(root)
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     faq = [
         json.loads(line) for line in (SAMPLE / "faq_multilingual.jsonl").read_text().splitlines()
     ]

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from catalog.db import Catalog
 from catalog.runs import create_run
-from catalog.scores import compare_table, import_reference, latest_scores
+from catalog.scores import compare_table, import_reference
 from catalog.workspace import Workspace
 from corpus.errors import KalmixError
 from tests.conftest import SHARED_DATA
@@ -35,6 +36,19 @@ PUBLISHED_STSB = 0.8203247283076371
 pytestmark = pytest.mark.skipif(
     not SHARED_DATA.exists(), reason=f"shared evaluation data not found at {SHARED_DATA}"
 )
+
+
+def latest_scores(cat: Catalog, model: str) -> list[dict]:
+    """The rows of the latest evaluation of `model` (not of a run), by task, split and subset."""
+    return cat.query(
+        """
+        SELECT task, main_score, mteb_version FROM scores
+        WHERE NOT is_reference AND model = ? AND run IS NULL
+        QUALIFY evaluated_at = max(evaluated_at) OVER (PARTITION BY task)
+        ORDER BY task_type, task, split, subset
+        """,
+        [model],
+    ).to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +72,11 @@ def _data_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def stsb_report(eval_ws: Workspace, minilm: str):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KALMIX_EVAL_DATA", str(SHARED_DATA))
-        return evaluate(eval_ws.catalog(), minilm, EvalConfig(tasks=("STSBenchmark",)))
+        return evaluate(Catalog.open(eval_ws), minilm, EvalConfig(tasks=("STSBenchmark",)))
 
 
 def _score_rows(ws: Workspace) -> int:
-    return ws.catalog().query("SELECT count(*) AS n FROM scores").to_pylist()[0]["n"]
+    return Catalog.open(ws).query("SELECT count(*) AS n FROM scores").to_pylist()[0]["n"]
 
 
 def test_stsbenchmark_reproduces_the_published_minilm_score(stsb_report, eval_ws):
@@ -76,7 +90,7 @@ def test_stsbenchmark_reproduces_the_published_minilm_score(stsb_report, eval_ws
     assert abs(row.main_score - PUBLISHED_STSB) < 0.005
     assert row.metrics["cosine_spearman"] == row.main_score
     assert row.model == "all-MiniLM-L6-v2" and row.run is None
-    stored = latest_scores(eval_ws.catalog(), "all-MiniLM-L6-v2").to_pylist()
+    stored = latest_scores(Catalog.open(eval_ws), "all-MiniLM-L6-v2")
     assert [(r["task"], round(r["main_score"], 6)) for r in stored] == [
         ("STSBenchmark", round(row.main_score, 6))
     ]
@@ -94,10 +108,10 @@ def test_stsbenchmark_reproduces_the_published_minilm_score(stsb_report, eval_ws
 
 
 def test_reevaluation_reuses_cached_embeddings(stsb_report, eval_ws, minilm):
-    again = evaluate(eval_ws.catalog(), minilm, EvalConfig(tasks=("STSBenchmark",)))
+    again = evaluate(Catalog.open(eval_ws), minilm, EvalConfig(tasks=("STSBenchmark",)))
     assert again.embedded == 0 and again.requested == 2758
     assert abs(again.rows[0].main_score - stsb_report.rows[0].main_score) < 1e-6
-    assert len(latest_scores(eval_ws.catalog(), "all-MiniLM-L6-v2")) == 1
+    assert len(latest_scores(Catalog.open(eval_ws), "all-MiniLM-L6-v2")) == 1
 
 
 def test_local_tasks_on_samples(stsb_report, eval_ws, minilm):
@@ -109,7 +123,7 @@ def test_local_tasks_on_samples(stsb_report, eval_ws, minilm):
         "KalmixSTSBReranking",
     )
     report = evaluate(
-        eval_ws.catalog(),
+        Catalog.open(eval_ws),
         minilm,
         EvalConfig(tasks=tasks, limit=50, subsets=("en",)),
         name="minilm-quick",
@@ -124,8 +138,8 @@ def test_local_tasks_on_samples(stsb_report, eval_ws, minilm):
     assert 0 < by_task["KalmixSNIPSClustering"].main_score <= 1
     assert by_task["LCQMC"].task_type == "sts"
     # samples never enter comparisons
-    assert "minilm-quick" not in compare_table(eval_ws.catalog()).column("model").to_pylist()
-    quick = compare_table(eval_ws.catalog(), runs=["minilm-quick"], samples=True).to_pylist()
+    assert "minilm-quick" not in compare_table(Catalog.open(eval_ws)).column("model").to_pylist()
+    quick = compare_table(Catalog.open(eval_ws), runs=["minilm-quick"], samples=True).to_pylist()
     assert [r["model"] for r in quick] == ["minilm-quick"]  # unless asked for, without references
 
 
@@ -164,7 +178,7 @@ def test_official_task_runs_from_the_hf_cache(stsb_report, eval_ws, minilm, tmp_
     )
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     report = evaluate(
-        eval_ws.catalog(), minilm, EvalConfig(suite="official", tasks=("STSBenchmark",))
+        Catalog.open(eval_ws), minilm, EvalConfig(suite="official", tasks=("STSBenchmark",))
     )
     [row] = report.rows
     assert abs(row.main_score - stsb_report.rows[0].main_score) < 1e-6
@@ -175,7 +189,7 @@ def test_official_task_runs_from_the_hf_cache(stsb_report, eval_ws, minilm, tmp_
 
 def test_a_run_is_scored_against_its_mixture_version(stsb_report, eval_ws, minilm):
     """A run's scores carry its name and compare by its mixture version; raw JSON under runs/."""
-    cat = eval_ws.catalog()
+    cat = Catalog.open(eval_ws)
     run = create_run(
         cat,
         "tuned",
@@ -206,7 +220,7 @@ def test_a_run_is_scored_against_its_mixture_version(stsb_report, eval_ws, minil
 
 
 def test_import_reference_is_idempotent_and_compares(stsb_report, eval_ws):
-    cat = eval_ws.catalog()
+    cat = Catalog.open(eval_ws)
     first = import_reference(cat, SHARED_DATA / "reference_scores.csv", task_type_of)
     second = import_reference(cat, SHARED_DATA / "reference_scores.csv", task_type_of)
     assert (first.rows, first.replaced, second.replaced) == (126, 0, 126)
@@ -227,7 +241,7 @@ def test_import_reference_is_idempotent_and_compares(stsb_report, eval_ws):
 
 
 def test_bad_input_is_a_clear_error_and_writes_nothing(eval_ws, minilm, tmp_path, monkeypatch):
-    cat = eval_ws.catalog()
+    cat = Catalog.open(eval_ws)
     before = _score_rows(eval_ws)
     with pytest.raises(KalmixError, match="did you mean STSBenchmark"):
         evaluate(cat, minilm, EvalConfig(tasks=("STSBenchmarkk",)))
@@ -350,7 +364,7 @@ def test_several_targets_share_one_evaluation(stsb_report, eval_ws, minilm, tmp_
         " ".join(out.output.split())
     )
     scores = (
-        eval_ws.catalog()
+        Catalog.open(eval_ws)
         .query("SELECT model, main_score FROM scores WHERE model = 'minilm-copy'")
         .to_pylist()
     )

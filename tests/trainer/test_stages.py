@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from catalog import runs
+from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from corpus.errors import KalmixError
 from tests.trainer.helpers import tiny_bert, tiny_decoder, training_workspace
@@ -28,7 +29,7 @@ FAST = {"batch_size": 8, "chunk_size": 10, "negatives_per_query": 2, "max_length
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     ws, mixture = training_workspace(root / "ws")
-    cat = ws.catalog()
+    cat = Catalog.open(ws)
     create_mixture(cat, "faq-only", MixtureSpec(datasets=["faq"]))
     bert = str(tiny_bert(root / "bert"))
     staged = TrainConfig(

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from catalog import runs
+from catalog.db import Catalog
 from corpus.errors import KalmixError
 from tests.conftest import SHARED_DATA
 from tests.trainer.helpers import tiny_decoder, training_workspace
@@ -33,7 +34,11 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("static")
     ws, mixture = training_workspace(root / "ws")
     return SimpleNamespace(
-        ws=ws, cat=ws.catalog(), mix=mixture, root=root, decoder=str(tiny_decoder(root / "qwen2"))
+        ws=ws,
+        cat=Catalog.open(ws),
+        mix=mixture,
+        root=root,
+        decoder=str(tiny_decoder(root / "qwen2")),
     )
 
 

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from catalog import runs
+from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from corpus.errors import KalmixError
 from kalmix.ingest import ingest
@@ -33,7 +34,7 @@ def env(tmp_path_factory):
     ws, mixture = training_workspace(root / "ws")
     return SimpleNamespace(
         ws=ws,
-        cat=ws.catalog(),
+        cat=Catalog.open(ws),
         mix=mixture,
         bert=str(tiny_bert(root / "bert")),
         decoder=str(tiny_decoder(root / "qwen2")),

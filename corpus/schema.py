@@ -10,7 +10,6 @@ than burying it in `meta`. Operators may append columns (`lang_score`, `consiste
 from __future__ import annotations
 
 import difflib
-import json
 import threading
 
 import duckdb
@@ -291,8 +290,3 @@ def suggest(name: str, choices: list[str], n: int = 3) -> str:
     """`; did you mean a, b?` or an empty string: for unknown-name errors."""
     close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
     return f"; did you mean {', '.join(close)}?" if close else ""
-
-
-def meta_dict(meta: str | None) -> dict:
-    """Parse a record's meta JSON (empty dict for null)."""
-    return json.loads(meta) if meta else {}

@@ -8,7 +8,7 @@ DESIGN.md anchor row. Measured in one process:
 - baseline: a plain PyTorch loop on the same model: one forward of the 64 texts, in-batch
   cross-entropy, backward, AdamW (DESIGN.md measured 115 pairs/s for this, and 92 for the
   sentence-transformers trainer + MNRL, on an H100);
-- kalmix: `trainer.train.Stepper` (the step `kalmix train` runs: GradCache layout, masking,
+- kalmix: `trainer.step.Stepper` (the step `kalmix train` runs: GradCache layout, masking,
   gradient clipping) eager, and with `torch.compile`.
 
 MFU = (6 x non-embedding parameters x tokens + 12 x layers x hidden x seq x tokens for
@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import write_results  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
+from trainer.distributed import Dist  # noqa: E402
 from trainer.model import Embedder  # noqa: E402
-from trainer.train import Dist, LocalBatch, Stepper, _optimizer  # noqa: E402
+from trainer.step import LocalBatch, Stepper, make_optimizer  # noqa: E402
 
 PEAK_FLOPS = 989e12
 QWEN2_05B = {
@@ -97,7 +98,7 @@ def time_steps(step, device: torch.device, warmup: int, steps: int) -> float:
 
 
 def plain_loop(model: Embedder, b: LocalBatch, device: torch.device, temperature: float):
-    optimizer = _optimizer(model, TrainConfig(), device)
+    optimizer = make_optimizer(model, TrainConfig(), device)
     ids = torch.tensor(b.ids, device=device)
     mask = torch.ones_like(ids)
     labels = torch.arange(b.n_queries, device=device)
@@ -118,7 +119,7 @@ def plain_loop(model: Embedder, b: LocalBatch, device: torch.device, temperature
 def kalmix_step(model: Embedder, b: LocalBatch, device: torch.device, compile_: bool):
     cfg = TrainConfig(negatives_per_query=0, chunk_size=len(b.ids), compile=compile_)
     stepper = Stepper(model, tokenizer=_PadOnly(), cfg=cfg, d=Dist(0, 1, device))
-    optimizer = _optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg, device)
 
     def step() -> None:
         stepper.backward_batch(b)

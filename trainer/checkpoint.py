@@ -30,14 +30,17 @@ def checkpoints_dir(run_path: Path) -> Path:
     return Path(run_path) / "checkpoints"
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """This process's torch RNG state (CPU, and every CUDA device's): what a checkpoint keeps,
+    and what GradCache's second pass replays per chunk so dropout matches its first pass."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back a state `rng_state` took."""
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -55,7 +58,7 @@ def save_rng(run_path: Path, step: int, rank: int) -> None:
     """This process's RNG state into the checkpoint being staged (call on every rank)."""
     folder = staging_path(run_path, step)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(_rng_state(), folder / f"rng-{rank}.pt")
+    torch.save(rng_state(), folder / f"rng-{rank}.pt")
 
 
 def save_checkpoint(
@@ -122,6 +125,6 @@ def load_checkpoint(
             f"checkpoint {path} has no RNG state for process {rank}: resume with the number of "
             "processes the run was started with"
         )
-    _set_rng_state(torch.load(rng, weights_only=True))
+    set_rng_state(torch.load(rng, weights_only=True))
     state = json.loads((path / "state.json").read_text())
     return Restored(step=state["step"], state=state, path=path)

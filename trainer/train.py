@@ -1,7 +1,9 @@
-"""The training loop: a run over the stages of a mixture, checkpoints, resume, the catalog row.
+"""A training run: the loop over the stages of a mixture, checkpoints, resume, SIGTERM, and the
+run's row in the catalog.
 
-One script for one CPU, one GPU or many (`torchrun`); `trainer/step.py` computes each step's
-gradients (GradCache, data parallel, the static model's short path).
+One script for one CPU, one GPU or many (`torchrun`, `trainer/distributed.py`);
+`trainer/step.py` computes each step (GradCache, data parallel, the static model's short path,
+the optimizer and its schedule) and `trainer/checkpoint.py` writes and restores checkpoints.
 
 A CUDA out-of-memory error becomes a message naming the settings to lower. The run's row in the
 catalog follows its life (running, completed, failed, interrupted); metrics go to
@@ -42,11 +44,10 @@ from corpus.errors import KalmixError
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig
 from trainer.data import BatchSampler, DataReport, load_mixture, mixture_prompts
+from trainer.distributed import Dist, setup_distributed
 from trainer.loss import LossOutput
 from trainer.model import check_base, default_base, export_model, load_model
-from trainer.step import Dist, LocalBatch, Stepper, setup_distributed
-
-__all__ = ["Dist", "LocalBatch", "Stepper", "train"]  # Dist, LocalBatch, Stepper: benchmarks
+from trainer.step import Stepper, clip_grads, lr_factor, make_optimizer
 
 METRICS_FILE = "metrics.jsonl"
 OnStep = Callable[[int, dict[str, Any]], None]
@@ -76,48 +77,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
-
-
-def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    warmup = int(total * cfg.warmup_ratio)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
-            return 1.0
-        progress_ = (step - warmup) / max(1, total - warmup)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress_))
-        return max(0.0, 1.0 - progress_)
-
-    return factor
-
-
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        fused=device.type == "cuda" or cfg.arch == "static",  # CPU fused: 5x on a big table
-    )
-
-
-def _clip(
-    params: list[torch.nn.Parameter], max_norm: float, total: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`clip_grad_norm_`, minus its multiply by exactly 1.0 when nothing is clipped (the same
-    bits; on a static model's 8M-entry table that multiply is 2 ms a step); `total` is the
-    gradient's norm when the caller knows it already."""
-    if total is None:
-        total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if max_norm / (total + 1e-6) < 1.0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return total
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
@@ -363,9 +322,9 @@ class _Run:
             task = bar.add_task(self.name, total=self.total, completed=self.step) if bar else None
             for stage in self.stages[restored_stage:]:
                 self.stage, self.stage_step = stage, 0
-                self.optimizer = _optimizer(self.model, stage.cfg, d.device)
+                self.optimizer = make_optimizer(self.model, stage.cfg, d.device)
                 self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                    self.optimizer, _lr_lambda(stage.cfg, stage.total)
+                    self.optimizer, lr_factor(stage.cfg, stage.total)
                 )
                 if restored_state is not None:
                     ckpt.load_checkpoint(
@@ -391,7 +350,7 @@ class _Run:
             examples = stage.sampler.next_batch()[d.rank * local : (d.rank + 1) * local]
             stepper.step = self.step
             out, tokens = stepper.backward(examples)
-            grad_norm = _clip(stepper.params, cfg.max_grad_norm, stepper.grad_norm)
+            grad_norm = clip_grads(stepper.params, cfg.max_grad_norm, stepper.grad_norm)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
@@ -514,9 +473,9 @@ class _Run:
             summary["model_path"] = str(model_path.relative_to(self.ws.root))
             runs.update_run(self.cat, self.name, status="completed", summary=summary)
             console.print(
-                f"train: {' -> '.join(str(st.mv.ref) for st in self.stages)} -> run {self.name}: {self.step} steps, loss "
-                f"{summary['loss']:.4f}, {summary['samples_per_s']:.1f} samples/s; "
-                f"model at {model_path}"
+                f"train: {' -> '.join(str(st.mv.ref) for st in self.stages)} -> run {self.name}: "
+                f"{self.step} steps, loss {summary['loss']:.4f}, "
+                f"{summary['samples_per_s']:.1f} samples/s; model at {model_path}"
             )
         self.d.barrier()
         return TrainResult(self.name, self.step, summary["loss"], model_path, summary)

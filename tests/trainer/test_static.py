@@ -21,9 +21,10 @@ from tests.trainer.helpers import tiny_decoder, training_workspace
 from trainer.checkpoint import list_checkpoints
 from trainer.config import ARCH_DEFAULTS, TrainConfig
 from trainer.data import BatchSampler, load_mixture
+from trainer.distributed import Dist
 from trainer.model import default_base, load_model
 from trainer.static import StaticEmbedder, export_static, pack
-from trainer.step import Dist, Stepper, encode_batch
+from trainer.step import Stepper, encode_batch
 from trainer.train import METRICS_FILE, train
 
 SMALL = {"batch_size": 8, "negatives_per_query": 2, "max_length": 48}

@@ -24,7 +24,7 @@ itself (distillation then pulls the student back towards the base's score distri
 regulariser, not knowledge from a bigger model); a few dozen steps on a few thousand rows is far
 from KaLM's scale; the evaluation sets are sampled. Differences of a point or less are noise.
 
-Run: .venv/bin/python benchmarks/ablations.py [--steps 12] [--batch-size 16] [--limit 200]
+Run: .venv/bin/python -m benchmarks.ablations [--steps 12] [--batch-size 16] [--limit 200]
 (`--workspace DIR/ws` reuses the mined data of an earlier run: mining is most of the set-up).
 """
 
@@ -40,9 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import write_results
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TASKS = (

@@ -1,7 +1,13 @@
-"""Helpers shared by the benchmarks: result files and peak memory of a child process."""
+"""Helpers shared by the benchmarks: sizes from the command line, result files and peak memory
+of a child process.
+
+Every benchmark runs from the repository root as `.venv/bin/python -m benchmarks.NAME`
+(`make bench` runs them all so), which puts the repository on `sys.path`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -10,6 +16,15 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sizes(doc: str, **defaults: int) -> argparse.Namespace:
+    """The optional positional sizes of a benchmark sized on the command line (`[DOCS]`, ...),
+    in the order given, each defaulting to its value; `--help` shows the docstring's first line."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    for name, default in defaults.items():
+        parser.add_argument(name, nargs="?", type=int, default=default, help=f"default {default}")
+    return parser.parse_args()
 
 
 def machine() -> dict:

@@ -16,6 +16,8 @@ built, as in a browser session without the network):
   version every ~50 ms through `catalog.versions.commit`), which is the "training run / ingest
   writing" case: reads wait for the writer's short transactions.
 Target: every page under 1 s cold.
+
+Run: .venv/bin/python -m benchmarks.dashboard
 """
 
 from __future__ import annotations
@@ -30,11 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import write_results
 from catalog.db import Catalog
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import write_results  # noqa: E402
 
 DATASETS = 2000
 VERSIONS = 10

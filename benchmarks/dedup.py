@@ -16,7 +16,7 @@ datasketch's default threshold/weights and Python shingling, on a subsample (the
 for the whole corpus: docs/s is measured there and the full-corpus time extrapolated), on one
 core and on all cores (signatures in a process pool). (c) datatrove: not run, see the .md.
 
-Usage: python benchmarks/dedup.py [DOCS]   (default 100000)
+Run: .venv/bin/python -m benchmarks.dedup [DOCS]   (default 100000)
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import os
 import random
 import re
 import resource
-import sys
 import sysconfig
 import tempfile
 import time
@@ -35,16 +34,13 @@ import unicodedata
 from multiprocessing import get_context
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+from benchmarks.common import run_child, sizes, write_results
+from corpus.executor import default_workers
 
-from benchmarks.common import run_child, write_results  # noqa: E402
-from corpus.executor import default_workers  # noqa: E402
-
-DOCS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDS_PER_DOC = 190
 NEAR_SHARE = EXACT_SHARE = 0.05
@@ -282,7 +278,7 @@ def run_datasketch(texts: list[str], kind: str, workers: int) -> dict:
 
 def main() -> None:
     start = time.perf_counter()
-    docs, pairs = build_corpus(DOCS)
+    docs, pairs = build_corpus(sizes(__doc__, docs=100_000).docs)
     build_seconds = time.perf_counter() - start
     cores = default_workers()
     words = np.mean([len(d.split()) for d in docs[:2000] if not re.search(r"[\u4e00-\u9fff]", d)])

@@ -8,28 +8,25 @@ a burst of load from another process does not decide the ratio. The cached figur
 `Embedder` on the same cache folder (fingerprinting the model and reading the index included):
 what a re-run of a step on the same texts pays. Targets: cold >= 1.0x, cached >= 20x.
 
-Usage: python benchmarks/embed.py [TEXTS] (default 2000)
+Run: .venv/bin/python -m benchmarks.embed [TEXTS]   (default 2000)
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.common import write_results  # noqa: E402
-from filters.embedder import Embedder  # noqa: E402
+from benchmarks.common import sizes, write_results
+from filters.embedder import Embedder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-TEXTS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+TEXTS = sizes(__doc__, texts=2000).texts
 BATCH = 64
 
 

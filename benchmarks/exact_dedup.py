@@ -8,7 +8,7 @@ expression on the raw text (no normalisation, no keeper, no removal records). Th
 normalises, groups by the normalised text, picks keepers by the keeper rule and writes the
 removal records. Target: at least 3x the hashlib loop.
 
-Usage: python benchmarks/exact_dedup.py [ROWS]   (default 100000)
+Run: .venv/bin/python -m benchmarks.exact_dedup [ROWS]   (default 100000)
 """
 
 from __future__ import annotations
@@ -16,21 +16,17 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import sys
 import time
 import unicodedata
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import polars as pl
+import pyarrow as pa
 
-import polars as pl  # noqa: E402
-import pyarrow as pa  # noqa: E402
+from benchmarks.common import sizes, write_results
+from benchmarks.dedup import build_corpus
+from filters.exact import exact_dedup
 
-from benchmarks.common import write_results  # noqa: E402
-from benchmarks.dedup import build_corpus  # noqa: E402
-from filters.exact import exact_dedup  # noqa: E402
-
-ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+ROWS = sizes(__doc__, rows=100_000).rows
 
 
 def cpu_time() -> float:

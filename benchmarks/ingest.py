@@ -8,6 +8,8 @@ peak memory is its own.
 The baseline infers its schema from the first 100 lines, so a key that first appears later is
 dropped without a word; kalmix infers from every line of each block so nothing is lost. The
 second baseline row is polars doing the same (`infer_schema_length=None`), for context.
+
+Run: .venv/bin/python -m benchmarks.ingest [ROWS]   (default 1000000)
 """
 
 from __future__ import annotations
@@ -15,16 +17,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import run_child, sizes, write_results
+from corpus.sample import python_docs_records
 
-from benchmarks.common import run_child, write_results  # noqa: E402
-from corpus.sample import python_docs_records  # noqa: E402
-
-ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+ROWS = sizes(__doc__, rows=1_000_000).rows
 
 BASELINE = """
 import sys, polars as pl

@@ -7,7 +7,7 @@ one `predict` call per line. The operator also builds the text column from the t
 line breaks, runs the CJK script check, fills `language`/`lang_score` and filters. Target:
 at least 0.9x the list call. Both wall and CPU time are reported (the machine is shared).
 
-Usage: python benchmarks/langid.py [LINES]   (default 200000)
+Run: .venv/bin/python -m benchmarks.langid [LINES]   (default 200000)
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ from __future__ import annotations
 import csv
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pyarrow as pa
 
-import pyarrow as pa  # noqa: E402
+from benchmarks.common import sizes, write_results
+from filters.langid import LangId, LangIdConfig, load_model, model_path
 
-from benchmarks.common import write_results  # noqa: E402
-from filters.langid import LangId, LangIdConfig, load_model, model_path  # noqa: E402
-
-LINES = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+LINES = sizes(__doc__, lines=200_000).lines
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

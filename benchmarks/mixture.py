@@ -15,23 +15,22 @@ process so its peak memory is its own:
 Then the trainer's read path: `iter_dataset_tables` streaming the sampled records (query,
 positive) of the mixture, beside polars reading those columns of every pinned file and
 gathering the sampled rows (the whole selection in memory at once).
+
+Run: .venv/bin/python -m benchmarks.mixture [DATASETS] [ROWS]   (default 200 10000000)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import run_child, sizes, write_results
 
-from benchmarks.common import run_child, write_results  # noqa: E402
-
-DATASETS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-TOTAL_ROWS = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000_000
+_SIZES = sizes(__doc__, datasets=200, rows=10_000_000)
+DATASETS, TOTAL_ROWS = _SIZES.datasets, _SIZES.rows
 BUDGET = TOTAL_ROWS // 5
 LANGUAGES = ("en", "zh", "de", "fr")
 SPEC = {

@@ -14,23 +14,23 @@ too long on 2 cores (n^2), so it runs for a random sample of rows (each sampled 
 rows, the same blocked top-k): the k-means route's recall of those pairs estimates its recall of
 the exact route's pairs, and the sample's time projects the full exact route's time.
 
-Usage: python benchmarks/semdedup.py [ROWS ...] (default 20000 100000 1000000). Sizes run apart
-(e.g. `... 20000 100000`, then `... 1000000`) are merged into one results file.
+Run: .venv/bin/python -m benchmarks.semdedup [ROWS ...]   (default 20000 100000 1000000).
+Sizes run apart (e.g. `... 20000 100000`, then `... 1000000`) are merged into one results
+file.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import RESULTS, run_child, write_results  # noqa: E402
+from benchmarks.common import RESULTS, run_child, write_results
 
 THRESHOLD = 0.85
-SIZES = [int(a) for a in sys.argv[1:]] or [20_000, 100_000, 1_000_000]
+_PARSER = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+_PARSER.add_argument("rows", nargs="*", type=int, default=[20_000, 100_000, 1_000_000])
+SIZES = _PARSER.parse_args().rows
 BASELINE_MAX = 20_000
 SAMPLE = 2_000  # rows searched exactly past BASELINE_MAX
 

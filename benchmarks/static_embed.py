@@ -12,7 +12,7 @@ Same run, same texts, same `filters.embedder.Embedder` (no cache, so every text 
   threshold at which no unrelated pair and at most as many partly-different pairs merge as
   with MiniLM at 0.85: it keeps as many same-meaning merges as that allows.
 
-Usage: python benchmarks/static_embed.py [TEXTS] (default 2000)
+Run: .venv/bin/python -m benchmarks.static_embed [TEXTS]   (default 2000)
 """
 
 from __future__ import annotations
@@ -20,23 +20,20 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from scipy.stats import spearmanr
 
-import numpy as np  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-
-from benchmarks.common import write_results  # noqa: E402
-from corpus.schema import attach_ids  # noqa: E402
-from filters.embedder import Embedder  # noqa: E402
-from filters.semdedup import SemanticDedup, SemDedupConfig, default_threshold  # noqa: E402
+from benchmarks.common import sizes, write_results
+from corpus.schema import attach_ids
+from filters.embedder import Embedder
+from filters.semdedup import SemanticDedup, SemDedupConfig, default_threshold
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-TEXTS = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+TEXTS = sizes(__doc__, texts=2000).texts
 BATCH = 64
 GRID = [round(x, 2) for x in np.arange(0.70, 0.991, 0.01)]
 

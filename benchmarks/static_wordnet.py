@@ -12,7 +12,7 @@ sentence-transformers' trainer on the same pairs in the same run (a fresh proces
 
 Not a test (minutes of CPU); writes benchmarks/results/static_wordnet.{json,md}.
 
-Usage: python benchmarks/static_wordnet.py [--seeds 1] [--baseline] [--limit N]
+Run: .venv/bin/python -m benchmarks.static_wordnet [--seeds 1] [--baseline] [--limit N]
 """
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ import argparse
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import run_child, write_results  # noqa: E402
+from benchmarks.common import run_child, write_results
 
 WORDNET = Path("/usr/share/wordnet")
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "en-test.csv"

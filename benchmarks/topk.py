@@ -7,17 +7,12 @@ at sizes where that still fits. Then the blocked path alone at sizes the baselin
 a slice of queries against a 200k and a 1M corpus, with queries/s and the projected time for
 all queries (the work is linear in the queries).
 
-Usage: python benchmarks/topk.py
+Run: .venv/bin/python -m benchmarks.topk
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import run_child, write_results  # noqa: E402
+from benchmarks.common import run_child, write_results
 
 K = 100
 DIM = 384

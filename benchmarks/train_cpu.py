@@ -22,7 +22,7 @@ Throughput is pairs per second of the training loop only: model loading and expo
 on both sides (ours: the sum of step times in metrics.jsonl, which includes tokenization;
 theirs: `train_runtime`). The load average before and after is recorded (2 shared cores).
 
-Run: .venv/bin/python benchmarks/train_cpu.py [--steps 6] [--rounds 2] [--no-static]
+Run: .venv/bin/python -m benchmarks.train_cpu [--steps 6] [--rounds 2] [--no-static]
 """
 
 from __future__ import annotations
@@ -30,16 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import run_child, write_results  # noqa: E402
-from benchmarks.static_wordnet import OURS as STATIC_OURS  # noqa: E402
-from benchmarks.static_wordnet import STSB, prepare, wordnet_pairs  # noqa: E402
-from benchmarks.static_wordnet import THEIRS as STATIC_THEIRS  # noqa: E402
+from benchmarks.common import run_child, write_results
+from benchmarks.static_wordnet import OURS as STATIC_OURS
+from benchmarks.static_wordnet import STSB, prepare, wordnet_pairs
+from benchmarks.static_wordnet import THEIRS as STATIC_THEIRS
 
 BATCH, CHUNK, MAX_LENGTH = 32, 16, 128
 

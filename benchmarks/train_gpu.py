@@ -14,7 +14,7 @@ DESIGN.md anchor row. Measured in one process:
 MFU = (6 x non-embedding parameters x tokens + 12 x layers x hidden x seq x tokens for
 attention) / step time / 989 TFLOP/s (H100 dense bf16).
 
-Run on a GPU: .venv/bin/python benchmarks/train_gpu.py ; `--tiny` checks the code path on CPU
+Run on a GPU: .venv/bin/python -m benchmarks.train_gpu ; `--tiny` checks the code path on CPU
 with a 2-layer model (its figures mean nothing; the `torch.compile` variant is skipped there,
 since inductor's C++ build on a small shared CPU takes longer than the check itself).
 """
@@ -24,17 +24,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import write_results  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.distributed import Dist  # noqa: E402
-from trainer.model import Embedder  # noqa: E402
-from trainer.step import LocalBatch, Stepper, make_optimizer  # noqa: E402
+from benchmarks.common import write_results
+from trainer.config import TrainConfig
+from trainer.distributed import Dist
+from trainer.model import Embedder
+from trainer.step import LocalBatch, Stepper, make_optimizer
 
 PEAK_FLOPS = 989e12
 QWEN2_05B = {

@@ -22,9 +22,10 @@ START=$SECONDS
 
 step() { printf '\n\033[1m== %s\033[0m  (%ss)\n' "$*" "$((SECONDS - START))"; }
 run() { printf '$ kalmix %s\n' "${*}"; $KALMIX "$@"; }
-# names of the training datasets matching a SQL condition over the datasets view
+# names of the training datasets matching a SQL condition over the datasets view (personas
+# are synthesis seeds, not training pairs)
 datasets() {
-  $KALMIX catalog datasets --where "NOT is_eval AND rows > 0 AND ($1)" --json \
+  $KALMIX catalog datasets --where "NOT is_eval AND rows > 0 AND category <> 'persona' AND ($1)" --json \
     | $PY -c 'import json,sys; print(" ".join(d["name"] for d in json.load(sys.stdin)))'
 }
 

@@ -19,15 +19,10 @@ from catalog.scores import compare_table, import_reference
 from catalog.workspace import Workspace
 from corpus.errors import KalmixError
 from tests.conftest import SHARED_DATA
+from trainer.evaluation.readers import RERANK_CANDIDATES, read_csv, stsb_search_split
 from trainer.evaluation.run import EvalConfig, evaluate
 from trainer.evaluation.suite import task_type_of
-from trainer.evaluation.tasks import (
-    LOCAL_TASKS,
-    RERANK_CANDIDATES,
-    LoadOptions,
-    read_csv,
-    stsb_search_split,
-)
+from trainer.evaluation.tasks import LOCAL_TASKS, LoadOptions
 
 # MTEB's published main score (cosine Spearman) of all-MiniLM-L6-v2 on STSBenchmark test
 # (reference_scores.csv, from the MTEB results repository).

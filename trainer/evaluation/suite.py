@@ -26,13 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from corpus.errors import KalmixError
-from trainer.evaluation.tasks import (
-    LOCAL_BY_NAME,
-    LOCAL_TASKS,
-    LocalTask,
-    kalmix_classes,
-    kalmix_task_type,
-)
+from trainer.evaluation.classes import kalmix_classes
+from trainer.evaluation.tasks import LOCAL_BY_NAME, LOCAL_TASKS, LocalTask, kalmix_task_type
 
 SUITES = ("local", "official", "all")
 OFFICIAL_SUITE = (

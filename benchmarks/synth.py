@@ -6,7 +6,7 @@
 2. Valid-JSON rate per task type with SmolLM2-135M-Instruct: the real two-step recipe
    (persona -> task -> JSON example) with no retries, so the figure is the first-try rate;
    rejections are listed by reason.
-3. openai backend: requests/s against `python -m synth.server` (the same model behind an
+3. openai backend: requests/s against `python -m tests.synth.server` (the same model behind an
    OpenAI-compatible HTTP server that batches concurrent requests), concurrency 1 vs 8.
 
 Generation is up to 128 new tokens, about the length of one JSON example; the prompts are the
@@ -25,7 +25,7 @@ loop: a row leaves the batch once it ends (`model.generate` feeds it padding to 
 row's end), and the key/value cache is preallocated and written in place instead of being
 concatenated (copied) at every step.
 
-Usage: python benchmarks/synth.py [--threads N] [--small]. `--small` (8 prompts, 2 personas,
+Run: .venv/bin/python -m benchmarks.synth [--threads N] [--small]. `--small` (8 prompts, 2 personas,
 8 requests) keeps the run short on a busy machine. `--threads` (default 1) is the torch
 thread count for every model run: on a machine shared with other busy processes one thread is
 several times faster than two (see `synth.backends.TransformersBackend`).
@@ -42,21 +42,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import pyarrow as pa
 
-import pyarrow as pa  # noqa: E402
-
-from benchmarks.common import write_results  # noqa: E402
-from synth.backends import (  # noqa: E402
+from benchmarks.common import write_results
+from synth.backends import (
     BackendConfig,
     OpenAIBackend,
     Prompt,
     SamplingParams,
     TransformersBackend,
 )
-from synth.generate import ExampleRecipe, SynthOperator, plan_examples, summarize  # noqa: E402
-from synth.prompts import load_task_template, task_types_available  # noqa: E402
+from synth.generate import ExampleRecipe, SynthOperator, plan_examples, summarize
+from synth.prompts import load_task_template, task_types_available
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PERSONAS = [
     "A home cook who plans cheap weekly meals for a family of four.",
@@ -182,7 +181,7 @@ def valid_rates(backend: TransformersBackend, personas: list[str], max_tokens: i
 
 def openai_concurrency(threads: int, n_requests: int, max_tokens: int) -> dict:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "synth.server", "--port", "0", "--max-batch", "8"]
+        [sys.executable, "-m", "tests.synth.server", "--port", "0", "--max-batch", "8"]
         + ["--threads", str(threads)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -277,7 +276,7 @@ def main() -> None:
     lines += [
         f"| **all** | {rates['jobs']} | | | {rates['valid']} | {rates['valid_rate']:.0%} | |",
         "",
-        "## openai backend: requests/s against `python -m synth.server`",
+        "## openai backend: requests/s against `python -m tests.synth.server`",
         "",
         "| concurrency | seconds | requests/s |",
         "|---|---|---|",

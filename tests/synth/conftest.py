@@ -77,10 +77,10 @@ def transformers_config(**kw) -> BackendConfig:
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
-    """`python -m synth.server --port 0 ARGS`; returns the process and its base URL."""
+    """`python -m tests.synth.server --port 0 ARGS`; returns the process and its base URL."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "synth.server", "--port", "0", *args],
+        [sys.executable, "-m", "tests.synth.server", "--port", "0", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

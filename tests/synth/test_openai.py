@@ -1,4 +1,4 @@
-"""The openai backend against real local servers (`python -m synth.server`): one serving
+"""The openai backend against real local servers (`python -m tests.synth.server`): one serving
 SmolLM2 after injected faults, and model-less ones that always fail or stall."""
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def test_unreachable_server_fails_at_once():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once the socket is closed
-    with pytest.raises(KalmixError, match=r"cannot reach the server .*-m synth.server"):
+    with pytest.raises(KalmixError, match=r"cannot reach the server .*`vllm serve MODEL`"):
         OpenAIBackend(
             BackendConfig(kind="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m")
         )

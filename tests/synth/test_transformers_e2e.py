@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import replace
-
-import pyarrow as pa
 
 from catalog import queries, versions
 from catalog.versions import VersionRef
 from corpus.errors import KalmixError
 from kalmix.synthesis import SynthSettings, run_generate, run_personas
-from synth.backends import BatchGenerate, Prompt
-from tests.synth.conftest import FAST, PERSONAS, records_meta, transformers_config
+from tests.synth.conftest import FAST, records_meta, transformers_config
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
 
@@ -124,21 +120,3 @@ def test_generate_refuses_bad_input(cat, personas, faq, cli):
     for args, message in bad:
         result = cli("synth", "personas", "faq", "--n", "2", *args)
         assert isinstance(result.exception, KalmixError) and message in str(result.exception)
-
-
-def test_batch_generate_for_ray_map_batches():
-    op = BatchGenerate(transformers_config(), replace(FAST, max_tokens=6))
-    prompts = [
-        Prompt(({"role": "user", "content": f"Describe: {p}"},)).to_json() for p in PERSONAS[:2]
-    ]
-    out = op(pa.table({"prompt": prompts, "key": [1, 2]}))
-    assert out.column_names == [
-        "prompt",
-        "key",
-        "text",
-        "prompt_tokens",
-        "completion_tokens",
-        "error",
-    ]
-    assert all(out.column("text").to_pylist()) and out.column("error").null_count == 2
-    assert json.loads(out.column("prompt")[0].as_py())["messages"][0]["role"] == "user"

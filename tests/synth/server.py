@@ -1,6 +1,7 @@
-"""A small OpenAI-compatible chat server around the transformers backend.
+"""A small OpenAI-compatible chat server around the transformers backend, for tests and the
+synthesis benchmark (not part of the product: it lives under tests/).
 
-    python -m synth.server --port 8000 [--model PATH] [--max-batch 16]
+    python -m tests.synth.server --port 8000 [--model PATH] [--max-batch 16]
 
 Serves `GET /v1/models` and `POST /v1/chat/completions` (non-streaming), including vLLM's
 `continue_final_message` extension for assistant prefill. Concurrent requests are batched:

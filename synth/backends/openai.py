@@ -1,0 +1,155 @@
+"""The `openai` backend: any OpenAI-compatible HTTP server (`vllm serve`, llama.cpp's server,
+a hosted API).
+
+Requests run on a bounded thread pool with timeouts, retries with exponential backoff and
+jitter, `Retry-After` on 429, and retries on 5xx and on malformed response bodies. A prompt that
+still fails comes back with `error` set, so the caller counts it as rejected instead of losing
+it. The assistant prefix goes as a final assistant message with vLLM's `continue_final_message`
+extension unless `prefill` is off (see `synth.backends.base`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from corpus.errors import KalmixError
+from synth.backends.base import BackendConfig, Completion, Prompt, SamplingParams
+
+
+class OpenAIBackend:
+    """Chat completions over HTTP against any OpenAI-compatible server."""
+
+    kind = "openai"
+
+    def __init__(self, config: BackendConfig):
+        import requests
+
+        if not config.base_url:
+            raise KalmixError(
+                "the openai backend needs --base-url, e.g. http://127.0.0.1:8000/v1 for "
+                "`vllm serve`"
+            )
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        self.api_key = config.api_key or os.environ.get("OPENAI_API_KEY") or ""
+        self._requests = requests
+        self._local = threading.local()
+        self.model_name = self._served_model(config.model)
+
+    def _session(self):
+        if not hasattr(self._local, "session"):
+            session = self._requests.Session()
+            if self.api_key:
+                session.headers["Authorization"] = f"Bearer {self.api_key}"
+            self._local.session = session
+        return self._local.session
+
+    def _served_model(self, model: str | None) -> str:
+        """`model`, or the first model the server lists. The list is asked for either way: an
+        unreachable server fails here, in one line, instead of after every job's retries."""
+        try:
+            reply = self._session().get(
+                f"{self.base_url}/models", timeout=min(self.config.timeout_s, 30.0)
+            )
+        except self._requests.RequestException as err:
+            raise KalmixError(
+                f"cannot reach the server at {self.base_url} ({err.__class__.__name__}): start "
+                "it (e.g. `vllm serve MODEL` or llama.cpp's `llama-server -m MODEL.gguf`) or fix "
+                "--base-url"
+            ) from None
+        if model:
+            return model  # servers without a model list work when the name is given
+        try:
+            reply.raise_for_status()
+            return reply.json()["data"][0]["id"]
+        except (self._requests.RequestException, ValueError, KeyError, IndexError) as err:
+            raise KalmixError(
+                f"cannot list models at {self.base_url}/models ({err.__class__.__name__}: "
+                f"{err}); check --base-url, or pass --model with the served model name"
+            ) from None
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
+        workers = max(1, min(self.config.concurrency, len(prompts)))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(lambda p: self._complete(p, params), prompts))
+
+    def _body(self, prompt: Prompt, params: SamplingParams) -> dict[str, Any]:
+        messages = list(prompt.messages)
+        body: dict[str, Any] = {
+            "model": self.model_name,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+        }
+        if prompt.prefix and self.config.prefill:
+            messages.append({"role": "assistant", "content": prompt.prefix})
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        body["messages"] = messages
+        return body
+
+    def _complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
+        body = self._body(prompt, params)
+        url = f"{self.base_url}/chat/completions"
+        error = "no attempt"
+        for attempt in range(self.config.max_retries + 1):
+            wait = self.config.backoff_s * (2**attempt) * (0.5 + random.random())
+            try:
+                reply = self._session().post(url, json=body, timeout=self.config.timeout_s)
+            except self._requests.RequestException as err:
+                error = f"transport: {err.__class__.__name__}"
+            else:
+                if reply.status_code == 200:
+                    parsed = _parse_chat_reply(reply, prompt.prefix)
+                    if isinstance(parsed, Completion):
+                        parsed.requests = attempt + 1
+                        return parsed
+                    error = parsed
+                elif reply.status_code == 429 or reply.status_code >= 500:
+                    error = f"http {reply.status_code}"
+                    if reply.status_code == 429:
+                        wait = max(wait, _retry_after(reply))
+                elif reply.status_code in (401, 403):
+                    raise KalmixError(
+                        f"{url} refused the API key (HTTP {reply.status_code}): set "
+                        "OPENAI_API_KEY or pass --api-key"
+                    )
+                else:
+                    raise KalmixError(
+                        f"{url} rejected the request (HTTP {reply.status_code}): "
+                        f"{reply.text[:300]}"
+                        + ("; try --no-prefill" if prompt.prefix and self.config.prefill else "")
+                    )
+            if attempt < self.config.max_retries:
+                time.sleep(min(wait, 60.0))
+        return Completion("", error=error, requests=self.config.max_retries + 1)
+
+
+def _retry_after(reply: Any) -> float:
+    try:
+        return float(reply.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0
+
+
+def _parse_chat_reply(reply: Any, prefix: str) -> Completion | str:
+    """A Completion, or the reason the body is unusable (a retryable error)."""
+    try:
+        data = reply.json()
+        text = data["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "malformed response"
+    if prefix and text.startswith(prefix):  # servers that echo the prefilled turn
+        text = text[len(prefix) :]
+    usage = data.get("usage") or {}
+    return Completion(
+        text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+    )

@@ -199,15 +199,10 @@ def dataset_view(root: str, ref: str | None) -> DatasetView:
             "ORDER BY reason, id",
             [info.dataset, info.version],
         )
-        parent_files: list[str] = []
-        if info.parent is not None:
-            row = fetch_one(
-                con,
-                "SELECT path, files FROM dataset_versions WHERE dataset = ? AND version = ?",
-                [info.parent.dataset, info.parent.version],
-            )
-            if row:
-                parent_files = [str(cat.workspace.root / row[0] / f) for f in row[1]]
+        # The catalog's own resolution locates the files: a workspace-relative folder, or a
+        # URI when the workspace keeps its versions on an object store.
+        parent = versions.resolve(cat, info.parent) if info.parent is not None else None
+        parent_files = [str(f) for f in parent.files] if parent else []
         return DatasetView(
             names,
             info,

@@ -181,7 +181,7 @@ class TransformersBackend:
 
         with torch.inference_mode():
             ids = torch.tensor([prefix], device=self.device)
-            return self.model(input_ids=ids, use_cache=True).past_key_values
+            return self.model(input_ids=ids, use_cache=True).cache
 
     def _generate_batch(
         self, rows: list[list[int]], params: SamplingParams, prefix_cache: Any | None
@@ -261,7 +261,7 @@ class TransformersBackend:
                 input_ids=input_ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -285,7 +285,7 @@ class TransformersBackend:
                     input_ids=tokens[:, None],
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=cache,
+                    cache=cache,
                     use_cache=True,
                 )
         return out

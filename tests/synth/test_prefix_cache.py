@@ -4,6 +4,8 @@ decoding must generate exactly the tokens of a plain one-prompt-at-a-time `model
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -138,3 +140,26 @@ def test_batch_without_a_shared_prefix_takes_the_plain_path(tiny_lm, monkeypatch
     backend = TransformersBackend(transformers_config(model=str(tiny_lm)))
     calls, _ = decoded(backend, prompts, replace(FAST, max_tokens=12), monkeypatch)
     assert [used for _, used in calls] == [False]
+
+
+def test_decoding_uses_the_models_current_cache_keyword(tiny_lm, prompts):
+    """transformers 5.24 renamed the forward's `past_key_values` to `cache`: the old name logs
+    a deprecation once, warns on every call, and goes in 5.40. The prefix cache and the decoding
+    loop (both paths run here) pass and read `cache`."""
+    from transformers.utils import logging as hf_logging
+
+    backend = TransformersBackend(transformers_config(model=str(tiny_lm), batch_size=3))
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = logged.append
+    logger = hf_logging.get_logger("transformers")
+    hf_logging.warning_once.cache_clear()  # a deprecation logged by an earlier test logs again
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend.generate(prompts, replace(FAST, max_tokens=4))
+    finally:
+        logger.removeHandler(handler)
+    said = [str(w.message) for w in caught] + [r.getMessage() for r in logged]
+    assert not [m for m in said if "past_key_values" in m or "cache_params" in m], said

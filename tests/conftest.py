@@ -22,7 +22,9 @@ SHARED_DATA = Path(
 
 @pytest.fixture
 def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """A new workspace as `kalmix init` leaves it: folders, settings and a seeded catalog."""
     workspace = Workspace.init(tmp_path / "ws")
+    Catalog.open(workspace)
     monkeypatch.setenv("KALMIX_HOME", str(workspace.root))
     return workspace
 

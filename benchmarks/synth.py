@@ -142,7 +142,7 @@ def valid_rates(backend: TransformersBackend, personas: list[str], max_tokens: i
         backend=backend,
     )
     start = time.perf_counter()
-    results = op(jobs)
+    results = op(jobs).table
     seconds = time.perf_counter() - start
     by_type = {}
     for task_type in types:

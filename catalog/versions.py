@@ -33,6 +33,8 @@ import pyarrow as pa
 from catalog.db import Catalog, fetch_one
 from corpus import storage
 from corpus.errors import KalmixError
+from corpus.executor import pid_alive
+from corpus.operator import count_reasons
 from corpus.schema import RECORD_FIELDS, REMOVALS_SCHEMA, suggest
 from corpus.storage import StorePath
 from corpus.writer import write_table
@@ -280,10 +282,7 @@ def _prepare(c: Commit, staged: Staged) -> _Prepared:
     if removals is not None:
         removals = removals.select(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)
         stats.setdefault("removed", removals.num_rows)
-        reasons: dict[str, int] = {}
-        for reason in removals.column("reason").to_pylist():
-            reasons[reason] = reasons.get(reason, 0) + 1
-        stats.setdefault("removed_by_reason", reasons)
+        stats.setdefault("removed_by_reason", count_reasons(removals))
     columns = storage.read_schema(files[0]).names if files else list(RECORD_FIELDS)
     return _Prepared(c, staged, files, stats, removals, columns)
 
@@ -456,7 +455,7 @@ def check(cat: Catalog, fix: bool = False) -> CheckReport:
                     continue
                 if entry.startswith(".staging-"):
                     pid = entry.split("-")[1]
-                    if not _pid_alive(int(pid) if pid.isdigit() else -1):
+                    if not pid_alive(int(pid) if pid.isdigit() else -1):
                         stale.append(storage.join(folder, entry))
                 elif entry.startswith("v") and _key(storage.join(folder, entry)) not in registered:
                     orphans.append(storage.join(folder, entry))
@@ -468,15 +467,3 @@ def check(cat: Catalog, fix: bool = False) -> CheckReport:
 
 def _key(path: StorePath) -> str:
     return str(path).rstrip("/") if storage.is_uri(path) else str(Path(path).resolve())
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

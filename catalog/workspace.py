@@ -8,7 +8,6 @@ else `KALMIX_HOME`, else the current folder if it holds a `kalmix.toml`.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import tomli_w
 from corpus import storage
 from corpus.errors import KalmixError
 from corpus.storage import StorePath, is_uri
+from corpus.toml import parse_toml
 
 CONFIG_NAME = "kalmix.toml"
 
@@ -94,7 +94,9 @@ class Workspace:
         try:
             for sub in ("data", "runs", "cache"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
-            settings = tomllib.loads(config.read_text()) if config.exists() else DEFAULT_SETTINGS
+            settings = (
+                parse_toml(config.read_text(), config) if config.exists() else DEFAULT_SETTINGS
+            )
             if data is not None:
                 settings = _merge(settings, {"storage": {"data": data}})
                 _check_writable(cls(root, _merge(DEFAULT_SETTINGS, settings)).data_root)
@@ -105,8 +107,6 @@ class Workspace:
                 )
         except PermissionError as err:
             raise KalmixError(f"cannot create a workspace at {root}: {err.strerror}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise KalmixError(f"{config} is not valid TOML: {err}") from None
         return cls.load(root)
 
     @classmethod
@@ -117,10 +117,7 @@ class Workspace:
             raise KalmixError(
                 f"{root} is not a kalmix workspace (no {CONFIG_NAME}); create one with: kalmix init {root}"
             )
-        try:
-            settings = _merge(DEFAULT_SETTINGS, tomllib.loads(config.read_text()))
-        except tomllib.TOMLDecodeError as err:
-            raise KalmixError(f"{config} is not valid TOML: {err}") from None
+        settings = _merge(DEFAULT_SETTINGS, parse_toml(config.read_text(), config))
         return cls(root=root, settings=settings)
 
     @classmethod

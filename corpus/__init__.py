@@ -1,1 +1,2 @@
-"""Records, readers, the atomic shard writer and executors: everything about data at rest."""
+"""Records, readers, the atomic shard writer, the operator contract and executors, and the code
+every layer above shares (text normalisation and shingles, MinHash, the embedding cache)."""

@@ -1,8 +1,11 @@
-"""Executors: map a picklable function over shards, locally or (with the `ray` extra) on Ray.
+"""Executors: where an operator runs, named by the same three words in every command.
 
-The local executor is a process pool: work that is row-local (language ID, embedding-free
-filters) scales with cores without any cluster. Results come back in input order so output
-shards and removals are deterministic whatever the number of workers.
+`inline` runs the whole version in this process (an operator that needs every row at once);
+`local` maps a row-local operator (language ID, embedding-free filters) over the version's
+shards on a process pool, which scales with cores without any cluster; `ray` runs it on Ray
+Data (with the `ray` extra), by the operator's own plan when it has one. All three implement
+`Executor.run` and give the same rows and removals in the same order. Process pools here start
+by "spawn" (`spawn_context`).
 """
 
 from __future__ import annotations
@@ -11,17 +14,45 @@ import multiprocessing.context
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from corpus import storage
+from corpus.errors import KalmixError
+from corpus.operator import (
+    DATASET_COLUMN,
+    Operator,
+    OpResult,
+    Shard,
+    empty_removals,
+    removals_schema,
+)
+
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id exists (one of another user's counts); None or <= 0: no.
+
+    For work named by its pid (a staging folder, a training run), to tell a live writer from
+    one that died without cleaning up.
+    """
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_workers() -> int:
@@ -78,20 +109,6 @@ def spawn_context() -> multiprocessing.context.SpawnContext:
     return _SpawnContext()
 
 
-@dataclass
-class LocalExecutor:
-    workers: int = 0  # 0 = one per core
-
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        items = list(items)
-        workers = min(self.workers or default_workers(), len(items))
-        if workers <= 1:
-            yield from map(fn, items)
-            return
-        with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
-            yield from pool.map(fn, items)
-
-
 def prefetch_map(
     fn: Callable[[T], R], items: Iterable[T], workers: int = 2, ahead: int = 4
 ) -> Iterator[R]:
@@ -116,7 +133,7 @@ def prefetch_map(
 REASON, DETAIL = "_removal_reason", "_removal_detail"
 
 
-def encode_result(result) -> pa.Table:
+def encode_result(result: OpResult) -> pa.Table:
     """One table for an `OpResult`: kept rows, then removal rows marked by `_removal_reason`.
 
     Ray Data's `map_batches` returns a single table per batch; this packs the kept records and
@@ -140,18 +157,107 @@ def decode_result(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     kept = table.filter(pc.invert(is_removal)).drop_columns([REASON, DETAIL])
     removed = table.filter(is_removal)
     removed = pa.table(
-        {
-            "id": removed.column("id"),
-            "reason": removed.column(REASON),
-            "detail": removed.column(DETAIL),
-        }
+        [removed.column("id"), removed.column(REASON), removed.column(DETAIL)],
+        schema=removals_schema(),
     )
     return kept, removed
 
 
+# --- executors: where an operator runs ----------------------------------------------------------
+
+# The executor words every command uses (`--executor`), defined once.
+EXECUTORS: dict[str, str] = {
+    "inline": "in this process",
+    "local": "a process pool on this machine (--workers processes, 0 = one per core)",
+    "ray": "Ray Data on a local Ray, or on the cluster at --address",
+}
+
+
+def executor_help(allowed: Sequence[str] = tuple(EXECUTORS), note: str = "") -> str:
+    """The `--executor` help of a command that runs on `allowed`, with the command's `note`."""
+    words = "; ".join(f"{name}: {EXECUTORS[name]}" for name in allowed)
+    return f"Where it runs. {words}.{' ' + note if note else ''}"
+
+
+def check_executor(name: str, allowed: Sequence[str] = tuple(EXECUTORS)) -> str:
+    """`name` if it is one of the executor words `allowed`; else a `KalmixError`."""
+    if name not in allowed:
+        raise KalmixError(f"unknown --executor {name!r}; one of: {', '.join(allowed)}")
+    return name
+
+
+class Executor(Protocol):
+    """Runs an operator over a run's Parquet shards; the same rows and removals, in the same
+    order, whichever executor it is (for an operator each one accepts)."""
+
+    def run(self, op: Operator, shards: list[Shard]) -> OpResult: ...
+
+
+def read_shards(shards: list[Shard]) -> pa.Table:
+    """The shards as one table, with a `_dataset` column where they name their dataset."""
+    parts = []
+    for dataset, path in shards:
+        table = storage.read_table(path)
+        if dataset is not None:
+            column = pa.array([dataset] * table.num_rows, pa.string())
+            table = table.append_column(DATASET_COLUMN, column)
+        parts.append(table)
+    return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
+
+
+@dataclass(frozen=True)
+class InlineExecutor:
+    """The whole run in this process: for operators that look at all rows at once."""
+
+    def run(self, op: Operator, shards: list[Shard]) -> OpResult:
+        return op(read_shards(shards))
+
+
+def _paths(shards: list[Shard]) -> list[str]:
+    """The paths of a row-local run (one dataset: removals shard by shard carry no `_dataset`)."""
+    if any(dataset is not None for dataset, _ in shards):
+        raise KalmixError("a run across datasets goes inline or through an operator's Ray plan")
+    return [path for _, path in shards]
+
+
+def _joined(parts: list[tuple[pa.Table, pa.Table]], executor: str) -> OpResult:
+    stats = {"executor": executor, "shards": len(parts)}
+    if not parts:
+        return OpResult(pa.table({}), empty_removals(), stats)
+    table = pa.concat_tables([k for k, _ in parts], promote_options="default")
+    return OpResult(table, pa.concat_tables([r for _, r in parts]), stats)
+
+
+@dataclass
+class _ShardTask:
+    """Picklable: read one shard in a worker process and run the operator on it."""
+
+    op: Operator
+
+    def __call__(self, path: str) -> tuple[pa.Table, pa.Table]:
+        return decode_result(encode_result(self.op(storage.read_table(path))))
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """A row-local operator shard by shard on a process pool, results in input order (so
+    output shards and removals are deterministic whatever the number of workers)."""
+
+    workers: int = 0  # 0 = one per core
+
+    def run(self, op: Operator, shards: list[Shard]) -> OpResult:
+        paths = _paths(shards)
+        workers = min(self.workers or default_workers(), len(paths))
+        task = _ShardTask(op)
+        if workers <= 1:
+            return _joined(list(map(task, paths)), "local")
+        with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
+            return _joined(list(pool.map(task, paths)), "local")
+
+
 @dataclass
 class _EncodedOperator:
-    op: Callable
+    op: Operator
 
     def __call__(self, table: pa.Table) -> pa.Table:
         return encode_result(self.op(table))
@@ -159,7 +265,8 @@ class _EncodedOperator:
 
 @dataclass
 class RayExecutor:
-    """Runs a row-local operator as Ray Data `map_batches` over Parquet shards.
+    """Runs an operator on Ray Data: its own plan (`Operator.ray_plan`) when it has one, else as
+    `map_batches` over the Parquet shards (a row-local operator).
 
     `paths` may be local or any pyarrow/fsspec URI (s3://...). `address` None starts (or joins)
     a local Ray; "auto" or "ray://host:10001" joins a cluster. Output batches stream back to
@@ -174,8 +281,6 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            from corpus.errors import KalmixError
-
             raise KalmixError("the Ray executor needs Ray: pip install 'kalmix[ray]'") from None
         if not ray.is_initialized():
             ray.init(
@@ -187,13 +292,26 @@ class RayExecutor:
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         return ray
 
-    def map_operator(self, op: Callable, paths: list[str]) -> Iterator[tuple[pa.Table, pa.Table]]:
-        from corpus.storage import ray_paths
-
+    def run(self, op: Operator, shards: list[Shard]) -> OpResult:
+        plan = op.ray_plan()
+        if plan is not None:
+            return plan(self, shards)
         ray = self._ray()
-        files, filesystem = ray_paths(paths)
+        files, filesystem = storage.ray_paths(_paths(shards))
+        if not files:
+            return _joined([], "ray")
         ds = ray.data.read_parquet(files, filesystem=filesystem).map_batches(
             _EncodedOperator(op), batch_format="pyarrow", batch_size=self.batch_rows
         )
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield decode_result(batch)
+        batches = ds.iter_batches(batch_format="pyarrow", batch_size=None)
+        return _joined([decode_result(batch) for batch in batches], "ray")
+
+
+def make_executor(name: str, *, workers: int = 0, address: str | None = None) -> Executor:
+    """The executor an `--executor` word names (checked), with its options."""
+    kind = check_executor(name)
+    if kind == "local":
+        return LocalExecutor(workers)
+    if kind == "ray":
+        return RayExecutor(address=address)
+    return InlineExecutor()

@@ -1,28 +1,40 @@
-"""The operator contract shared by `filters/` and `synth/`.
+"""The operator contract shared by `filters/` and `synth/`, and the one way to build removals.
 
-An operator is a plain function `table -> OpResult`: records in, records kept (possibly with new
-columns), the rows it removed with a reason, and a small stats dict. It never touches the
-catalog, so it runs unchanged on an in-memory table in a test, in a local process pool, or in
-Ray Data's `map_batches`.
+An operator (`Operator`) is called on a table and returns an `OpResult`: records in, records kept
+(possibly with new columns), the rows it removed with a reason, and a small stats dict. It says
+what it was run with (`params()`, what the catalog records), and it never touches the catalog, so
+it runs unchanged on an in-memory table in a test, on a process pool shard by shard, or in Ray
+Data's `map_batches`. That suits a row-local operator; one that needs every row at once (dedup)
+brings its own plan for Ray (`ray_plan()`), and the executors (`corpus.executor`) run it.
 
 Removals are positional, never "drop every row with this id": two rows may share an id (exact
 duplicates do), and the operator decides which one goes. When a table spans several datasets
 (`--across`) it carries a `_dataset` column; operators keep it on kept rows and on removals.
+Every removal table has `REMOVALS_SCHEMA` (plus `_dataset`) and is built by `removal_table`; a
+duplicate's detail names the row it duplicates as `dup_of`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpus.schema import REMOVALS_SCHEMA
 
+if TYPE_CHECKING:
+    from corpus.executor import RayExecutor
+
 DATASET_COLUMN = "_dataset"
+
+# One Parquet shard of a run: (its dataset when the run spans several, else None; path or URI).
+Shard = tuple[str | None, str]
 
 
 @dataclass
@@ -32,39 +44,105 @@ class OpResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-Operator = Callable[[pa.Table], OpResult]
+# How an operator that needs every row at once runs on Ray Data: the executor and the shards in
+# corpus order in, the same result as calling the operator on their concatenation out.
+RayPlan = Callable[["RayExecutor", list[Shard]], OpResult]
+
+
+class Operator(Protocol):
+    """`table -> OpResult`, with the parameters the catalog records and an optional Ray plan.
+
+    Operators subclass it to inherit `ray_plan`'s default (no plan: the operator is row-local,
+    and Ray maps it over the shards as it is).
+    """
+
+    def __call__(self, table: pa.Table) -> OpResult: ...
+
+    def params(self) -> dict[str, Any]:
+        """What decides the output, as the catalog records it with the new version."""
+        ...
+
+    def ray_plan(self) -> RayPlan | None:
+        """The plan for a whole run on Ray Data, or None for a row-local operator."""
+        return None
+
+
+def removals_schema(with_dataset: bool = False) -> pa.Schema:
+    if with_dataset:
+        return REMOVALS_SCHEMA.append(pa.field(DATASET_COLUMN, pa.string()))
+    return REMOVALS_SCHEMA
 
 
 def empty_removals(with_dataset: bool = False) -> pa.Table:
-    schema = REMOVALS_SCHEMA
-    if with_dataset:
-        schema = schema.append(pa.field(DATASET_COLUMN, pa.string()))
-    return schema.empty_table()
+    return removals_schema(with_dataset).empty_table()
+
+
+def removal_table(
+    ids: pa.Array | pa.ChunkedArray | Sequence[str],
+    reasons: str | Sequence[str],
+    details: Sequence[dict | None],
+    datasets: pa.Array | pa.ChunkedArray | None = None,
+) -> pa.Table:
+    """The one builder of removal rows: id, reason (one for all, or one each), detail as JSON
+    text (None stays null), and `_dataset` when given."""
+    reasons = [reasons] * len(details) if isinstance(reasons, str) else list(reasons)
+    columns = [
+        ids,
+        pa.array(reasons, pa.string()),
+        pa.array(
+            [None if d is None else json.dumps(d, ensure_ascii=False) for d in details],
+            pa.string(),
+        ),
+    ]
+    if datasets is not None:
+        columns.append(datasets)
+    return pa.table(columns, schema=removals_schema(datasets is not None))
+
+
+def removal_rows(
+    table: pa.Table, rows: np.ndarray, reason: str | Sequence[str], details: Sequence[dict | None]
+) -> pa.Table:
+    """Removal rows for the given row indices of `table` (keeping its `_dataset`).
+
+    Only removed rows are touched in Python (for their JSON detail); kept rows never are.
+    """
+    idx = pa.array(np.asarray(rows, dtype=np.int64))
+    datasets = None
+    if DATASET_COLUMN in table.column_names:
+        datasets = pc.take(table.column(DATASET_COLUMN), idx)
+    return removal_table(pc.take(table.column("id"), idx), reason, details, datasets)
+
+
+def split_rows(
+    table: pa.Table,
+    keep: np.ndarray | Sequence[bool],
+    reason: str | Sequence[str],
+    details: Sequence[dict | None],
+) -> tuple[pa.Table, pa.Table]:
+    """Kept rows (input order, every column kept) and removal rows for the others; `reason`
+    and `details` are given for the removed rows only."""
+    keep = np.asarray(keep, dtype=bool)
+    dropped = np.flatnonzero(~keep)
+    if len(details) != dropped.size:
+        raise ValueError(f"{len(details)} details for {dropped.size} removed rows")
+    return table.filter(pa.array(keep)), removal_rows(table, dropped, reason, details)
 
 
 def split_by_mask(
     table: pa.Table,
-    keep: pa.Array | list[bool],
-    reasons: list[str | None],
-    details: list[dict | None],
+    keep: pa.Array | pa.ChunkedArray | Sequence[bool],
+    reasons: Sequence[str | None],
+    details: Sequence[dict | None],
 ) -> tuple[pa.Table, pa.Table]:
-    """Kept rows, and removal rows built from the rest (reason/detail per row; positional)."""
-    keep_arr = pa.array(keep, pa.bool_())
-    kept = table.filter(keep_arr)
-    drop_idx = [i for i, k in enumerate(keep_arr.to_pylist()) if not k]
-    removed = {
-        "id": pc.take(table.column("id"), pa.array(drop_idx, pa.int64())),
-        "reason": pa.array([reasons[i] for i in drop_idx], pa.string()),
-        "detail": pa.array(
-            [
-                json.dumps(details[i], ensure_ascii=False) if details[i] is not None else None
-                for i in drop_idx
-            ],
-            pa.string(),
-        ),
-    }
-    if DATASET_COLUMN in table.column_names:
-        removed[DATASET_COLUMN] = pc.take(
-            table.column(DATASET_COLUMN), pa.array(drop_idx, pa.int64())
-        )
-    return kept, pa.table(removed)
+    """`split_rows` for operators that decide row by row: a reason and detail for every row,
+    read only where the row is not kept."""
+    if isinstance(keep, pa.Array | pa.ChunkedArray):
+        keep = keep.to_pylist()
+    keep = np.asarray(keep, dtype=bool)
+    dropped = np.flatnonzero(~keep).tolist()
+    return split_rows(table, keep, [reasons[i] for i in dropped], [details[i] for i in dropped])
+
+
+def count_reasons(removed: pa.Table) -> dict[str, int]:
+    """Removals per reason, in the order reasons first appear."""
+    return dict(Counter(removed.column("reason").to_pylist()))

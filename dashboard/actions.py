@@ -22,6 +22,7 @@ from pathlib import Path
 
 from catalog.mixtures import MixtureSpec
 from corpus.errors import KalmixError
+from corpus.executor import pid_alive
 from dashboard import auth
 
 KALMIX = (sys.executable, "-m", "kalmix")
@@ -127,17 +128,8 @@ def reap() -> None:
 
 
 def alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:
-        return False
-    if exit_code(pid) is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A live process that is not one of our children that has exited (a zombie till reaped)."""
+    return exit_code(pid) is None and pid_alive(pid)
 
 
 def cancel(pid: int | None, run_name: str) -> None:

@@ -17,7 +17,6 @@ Everything is numpy over whole arrays: no per-row Python objects, so it holds fo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -29,7 +28,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from corpus.operator import DATASET_COLUMN
-from corpus.schema import REMOVALS_SCHEMA
 
 
 def clusters_from_pairs(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -109,38 +107,6 @@ def choose_keepers(
     keeper = np.empty(n, dtype=np.int64)
     keeper[order] = best_of_run[run_index]
     return Keepers(keep=keeper == np.arange(n), keeper=keeper)
-
-
-def removal_rows(
-    table: pa.Table, rows: np.ndarray, reason: str | list[str], details: list[dict]
-) -> pa.Table:
-    """Removal records (id, reason, detail JSON[, _dataset]) for the given row indices.
-
-    Only removed rows are touched in Python (for their JSON detail); kept rows never are.
-    """
-    idx = pa.array(np.asarray(rows, dtype=np.int64))
-    reasons = [reason] * len(idx) if isinstance(reason, str) else reason
-    columns = {
-        "id": pc.take(table.column("id"), idx),
-        "reason": pa.array(reasons, pa.string()),
-        "detail": pa.array([json.dumps(d, ensure_ascii=False) for d in details], pa.string()),
-    }
-    schema = REMOVALS_SCHEMA
-    if DATASET_COLUMN in table.column_names:
-        columns[DATASET_COLUMN] = pc.take(table.column(DATASET_COLUMN), idx)
-        schema = schema.append(pa.field(DATASET_COLUMN, pa.string()))
-    return pa.table(columns, schema=schema)
-
-
-def split_rows(
-    table: pa.Table, keep: np.ndarray, reason: str | list[str], details: list[dict]
-) -> tuple[pa.Table, pa.Table]:
-    """Kept rows (input order, every column kept) and removal records for the others."""
-    keep = np.asarray(keep, dtype=bool)
-    dropped = np.flatnonzero(~keep)
-    if len(details) != dropped.size:
-        raise ValueError(f"{len(details)} details for {dropped.size} removed rows")
-    return table.filter(pa.array(keep)), removal_rows(table, dropped, reason, details)
 
 
 def duplicate_details(

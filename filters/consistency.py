@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpus.errors import KalmixError
-from corpus.operator import OpResult, split_by_mask
+from corpus.operator import Operator, OpResult, split_by_mask
 from filters.embedder import Embedder
 from filters.topk import count_above, progress_callback
 
@@ -129,13 +129,18 @@ class ConsistencyConfig:
 
 
 @dataclass
-class ConsistencyFilter:
+class ConsistencyFilter(Operator):
     """Operator: drop pairs whose positive ranks below `top_k` for its own query."""
 
     embedder: Embedder
     config: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     pool: Sequence[str] = ()  # extra candidate texts (a larger corpus), beyond the data's own
     show_progress: bool = False
+
+    def params(self) -> dict:
+        """The settings and the model (the pool's datasets are the caller's to add)."""
+        c = self.config
+        return {"top_k": c.top_k, "instructions": c.instructions, **self.embedder.params()}
 
     def __call__(self, table: pa.Table) -> OpResult:
         require_pair_tasks(table, "ranking-consistency filtering")

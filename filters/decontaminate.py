@@ -21,7 +21,7 @@ query cannot be told apart from a different query about the same thing. Long ite
 
 Each removal records the item it matched (`eval`: source:row:column, and its text), the field,
 the kind of match and the overlap. Matching is hash joins in polars over n-gram hashes
-(`filters.text.span_hashes`), training texts in bounded batches.
+(`corpus.text.span_hashes`), training texts in bounded batches.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpus.errors import KalmixError
-from corpus.operator import OpResult
+from corpus.operator import Operator, OpResult, removal_rows
 from corpus.readers import FORMATS, detect_format, iter_tables
 from corpus.schema import ALIASES, suggest
-from filters.clusters import removal_rows
-from filters.text import ngram_spans, normalize, shingle_text, span_hashes
+from corpus.text import ngram_spans, normalize, shingle_text, span_hashes
 
 REASON_EXACT = "contaminated_exact"
 REASON_NGRAM = "contaminated_ngram"
@@ -290,11 +289,15 @@ def _exact_key(texts: pa.Array) -> pa.Array:
 
 
 @dataclass
-class Decontaminate:
+class Decontaminate(Operator):
     """The decontamination operator (`table -> OpResult`) against a table of evaluation items."""
 
     items: pa.Table
     config: DecontaminateConfig = DecontaminateConfig()
+
+    def params(self) -> dict:
+        """The settings (where the items came from is the caller's to add)."""
+        return self.config.params()
 
     def __post_init__(self) -> None:
         if self.items.num_rows == 0:

@@ -3,10 +3,10 @@
 1. Exact pass (`filters.exact`): normalised-text groups; one keeper each.
 2. Near-duplicate pass over the survivors:
    - shingles per record by script (word n-grams, or character n-grams for CJK and mixed
-     text), MinHash signatures identical to datasketch's (`filters.minhash`), computed batch by
+     text), MinHash signatures identical to datasketch's (`corpus.minhash`), computed batch by
      batch on a process pool, kept in one uint32 matrix;
    - LSH with datasketch's band/row choice for the threshold (its `_optimal_param`, with
-     false negatives weighted above false positives: see `filters.minhash.LSH_WEIGHTS`);
+     false negatives weighted above false positives: see `corpus.minhash.LSH_WEIGHTS`);
      candidate pairs are documents sharing a band bucket (polars group-by);
    - every candidate pair is verified: its estimated Jaccard (share of equal signature
      values) must reach the threshold, otherwise it is dropped;
@@ -21,7 +21,7 @@ estimated Jaccard with it. An exact duplicate's `dup_of` is the identical copy t
 the exact pass; if that copy was then removed as a near duplicate, its own removal names the
 row it duplicates. Records with no text in the chosen fields are left alone.
 
-The same operator runs on Ray Data (`Dedup.on_ray`, `kalmix dedup --executor ray`) with the
+The same operator runs on Ray Data (`Dedup.ray_plan`, `kalmix dedup --executor ray`) with the
 same result, row for row: signatures are a row-local `map_batches` over the Parquet shards;
 the exact pass and the LSH banding are group-bys (hash shuffles) of Ray Data on a partition key
 derived from the normalised text or the band key, and each partition is grouped in polars by
@@ -31,6 +31,7 @@ back to the driver, which verifies them and runs the union-find.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,16 +43,7 @@ import pyarrow as pa
 
 from corpus import storage
 from corpus.errors import KalmixError
-from corpus.operator import DATASET_COLUMN, OpResult, empty_removals
-from filters.clusters import (
-    KeeperRule,
-    Keepers,
-    duplicate_details,
-    resolve_duplicates,
-    split_rows,
-)
-from filters.exact import exact_dedup
-from filters.minhash import (
+from corpus.minhash import (
     LSH_WEIGHTS,
     MinHashConfig,
     MinHasher,
@@ -63,7 +55,18 @@ from filters.minhash import (
     signatures_parallel,
     unique_pairs,
 )
-from filters.text import FIELD_SEPARATOR, normalize, record_text
+from corpus.operator import (
+    DATASET_COLUMN,
+    Operator,
+    OpResult,
+    RayPlan,
+    Shard,
+    empty_removals,
+    split_rows,
+)
+from corpus.text import FIELD_SEPARATOR, normalize, record_text
+from filters.clusters import KeeperRule, Keepers, duplicate_details, resolve_duplicates
+from filters.exact import exact_dedup
 
 if TYPE_CHECKING:
     from corpus.executor import RayExecutor
@@ -177,7 +180,7 @@ def resolve_pairs(
 
 
 @dataclass
-class Dedup:
+class Dedup(Operator):
     """The dedup operator (`table -> OpResult`).
 
     `on_signed(done, total)` is called after each batch of signatures (for a progress bar).
@@ -216,9 +219,12 @@ class Dedup:
         stats["seconds"] = round(time.perf_counter() - start, 3)
         return OpResult(kept, pa.concat_tables([exact.removed, removed]), stats)
 
-    def on_ray(self, executor: RayExecutor, shards: list[tuple[str | None, str]]) -> OpResult:
-        """The same result on Ray Data; `shards` are (dataset or None, Parquet path) in order."""
-        return dedup_on_ray(self.config, executor, shards)
+    def params(self) -> dict:
+        return self.config.params()
+
+    def ray_plan(self) -> RayPlan:
+        """The same result on Ray Data: `dedup_on_ray`."""
+        return functools.partial(dedup_on_ray, self.config)
 
 
 # --- Ray Data ---------------------------------------------------------------------------------
@@ -335,7 +341,7 @@ def _collect(ds) -> pa.Table | None:
 def dedup_on_ray(
     config: DedupConfig,
     executor: RayExecutor,
-    shards: list[tuple[str | None, str]],
+    shards: list[Shard],
     partitions: int = 0,
 ) -> OpResult:
     """`Dedup` over Parquet shards on Ray Data; `partitions` of the shuffles (0: by size).

@@ -1,6 +1,6 @@
 """Exact duplicates: records whose chosen fields are equal after normalisation.
 
-Normalised text is NFKC, lower case, whitespace collapsed (`filters.text.normalize`). Rows
+Normalised text is NFKC, lower case, whitespace collapsed (`corpus.text.normalize`). Rows
 are grouped by that text itself in polars (a hash group-by that compares the strings, so a
 hash collision can never merge two different texts); the cluster id of a row is the first row
 with the same text. Rows with no text in the chosen fields are never duplicates of each other:
@@ -18,9 +18,9 @@ import polars as pl
 import pyarrow as pa
 
 from corpus.executor import default_workers
-from corpus.operator import OpResult
-from filters.clusters import KeeperRule, choose_keepers, duplicate_details, split_rows
-from filters.text import FIELD_SEPARATOR, normalize, record_text
+from corpus.operator import OpResult, split_rows
+from corpus.text import FIELD_SEPARATOR, normalize, record_text
+from filters.clusters import KeeperRule, choose_keepers, duplicate_details
 
 REASON = "exact_duplicate"
 THREAD_SLICE = 20_000  # rows below which one thread normalises everything

@@ -35,13 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpus.errors import KalmixError
-from corpus.operator import OpResult
+from corpus.operator import Operator, OpResult, removal_rows
 from corpus.schema import UNKNOWN_LANGUAGE
-from filters.clusters import removal_rows
-from filters.text import record_text, script_counts
+from corpus.text import CJK_LANGUAGES, record_text, script_counts
 
 MODEL_FILE = "lid.176.ftz"
-CJK = ("zh", "ja", "ko")
 CJK_DOMINANT = 0.5  # share of letters in CJK scripts above which the script decides
 LABEL_PREFIX = "__label__"
 REASON_LANGUAGE = "language"
@@ -118,7 +116,7 @@ def predict(texts: pl.Series) -> Predictions:
     cjk_letters = han + kana + hangul
     share = cjk_letters / np.maximum(letters, 1)
     by_script = np.where(kana > 0, "ja", np.where(hangul > 0, "ko", "zh")).astype(object)
-    decide = (cjk_letters > 0) & ((share >= CJK_DOMINANT) | np.isin(language, CJK))
+    decide = (cjk_letters > 0) & ((share >= CJK_DOMINANT) | np.isin(language, CJK_LANGUAGES))
     changed = np.flatnonzero(decide & (language != by_script))
     language[changed] = by_script[changed]
     score[changed] = share[changed]
@@ -145,10 +143,13 @@ def _scripts(lines: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 @dataclass
-class LangId:
+class LangId(Operator):
     """The language-ID operator (`table -> OpResult`); picklable for the shard executors."""
 
     config: LangIdConfig = LangIdConfig()
+
+    def params(self) -> dict:
+        return self.config.params()
 
     def __call__(self, table: pa.Table) -> OpResult:
         start = time.perf_counter()

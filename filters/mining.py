@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from corpus.errors import KalmixError
-from corpus.operator import OpResult, empty_removals
+from corpus.operator import Operator, OpResult, empty_removals
 from filters.consistency import PairEmbeddings, embed_pairs, require_pair_tasks
 from filters.embedder import Embedder
 from filters.topk import topk
@@ -88,7 +88,7 @@ def _row_seed(row_id: str) -> int:
 
 
 @dataclass
-class HardNegativeMiner:
+class HardNegativeMiner(Operator):
     """Operator: write mined hard negatives into `negatives`, scores into `meta`."""
 
     embedder: Embedder
@@ -96,6 +96,24 @@ class HardNegativeMiner:
     pool: Sequence[str] = ()
     teacher: Embedder | None = None
     show_progress: bool = False
+
+    def params(self) -> dict:
+        """The settings and the model (the pool's datasets are the caller's to add)."""
+        c = self.config
+        params = {
+            "negatives": c.negatives,
+            "range": f"{c.start}:{c.end}",
+            "margin": c.margin,
+            "relative": c.relative,
+            "near_dup": c.near_dup,
+            "seed": c.seed,
+            "instructions": c.instructions,
+            "index": c.backend,
+            **self.embedder.params(),
+        }
+        if self.teacher is not None:
+            params["teacher"] = str(self.teacher.path)
+        return params
 
     def __call__(self, table: pa.Table) -> OpResult:
         cfg = self.config

@@ -38,13 +38,8 @@ import pyarrow as pa
 import torch
 
 from corpus.errors import KalmixError
-from corpus.operator import DATASET_COLUMN, OpResult
-from filters.clusters import (
-    KeeperRule,
-    duplicate_details,
-    resolve_duplicates,
-    split_rows,
-)
+from corpus.operator import DATASET_COLUMN, Operator, OpResult, split_rows
+from filters.clusters import KeeperRule, duplicate_details, resolve_duplicates
 from filters.embedder import Embedder
 from filters.topk import progress_callback, topk
 
@@ -249,12 +244,24 @@ def pair_recall(found: Pairs, reference: Pairs) -> float:
 
 
 @dataclass
-class SemanticDedup:
+class SemanticDedup(Operator):
     """Operator: remove rows whose `field` embeds within `threshold` cosine of a kept row."""
 
     embedder: Embedder
     config: SemDedupConfig = field(default_factory=SemDedupConfig)
     show_progress: bool = False
+
+    def params(self) -> dict:
+        c = self.config
+        return {
+            "field": c.field,
+            "threshold": c.threshold,
+            "seed": c.seed,
+            "route": c.route,
+            "prefer": c.keeper.prefer,
+            "priority": list(c.keeper.priority),
+            **self.embedder.params(),
+        }
 
     def __call__(self, table: pa.Table) -> OpResult:
         cfg = self.config

@@ -18,10 +18,9 @@ import pyarrow.compute as pc
 from catalog import versions
 from catalog.db import Catalog
 from catalog.versions import Commit, VersionInfo, VersionRef
-from corpus import storage
 from corpus.errors import KalmixError
-from corpus.executor import LocalExecutor, RayExecutor, decode_result, encode_result
-from corpus.operator import DATASET_COLUMN, Operator, OpResult, empty_removals
+from corpus.executor import check_executor, make_executor
+from corpus.operator import DATASET_COLUMN, Operator, OpResult, count_reasons
 from corpus.writer import write_table
 
 
@@ -45,16 +44,6 @@ class StepReport:
         )
 
 
-def _count(removed: pa.Table) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for reason in removed.column("reason").to_pylist():
-        counts[reason] = counts.get(reason, 0) + 1
-    return counts
-
-
-EXECUTORS = ("inline", "local", "ray")
-
-
 def run_operator(
     source: VersionInfo,
     op: Operator,
@@ -62,36 +51,13 @@ def run_operator(
     workers: int = 0,
     address: str | None = None,
 ) -> OpResult:
-    """Apply `op` to a version: whole table in this process (`inline`, needed by operators that
-    look at all rows at once), or shard by shard on a process pool (`local`) or Ray Data
-    (`ray`) for row-local operators. The shard executors give the same rows and removals as
-    `inline` for row-local operators, in the same order. An operator with a global step
-    (dedup) brings its own Ray plan: `op.on_ray(executor, [(dataset or None, shard), ...])`."""
-    if executor == "inline":
-        return op(source.read())
-    if executor == "ray" and hasattr(op, "on_ray"):
-        return op.on_ray(RayExecutor(address=address), [(None, str(f)) for f in source.files])
-    if executor == "local":
-        parts = list(LocalExecutor(workers).map(_ShardTask(op), [str(f) for f in source.files]))
-    elif executor == "ray":
-        parts = list(RayExecutor(address=address).map_operator(op, [str(f) for f in source.files]))
-    else:
-        raise KalmixError(f"unknown executor {executor!r}; one of: {', '.join(EXECUTORS)}")
-    if not parts:
-        return OpResult(source.read(), empty_removals(), {"executor": executor, "shards": 0})
-    table = pa.concat_tables([k for k, _ in parts], promote_options="default")
-    removed = pa.concat_tables([r for _, r in parts])
-    return OpResult(table, removed, {"executor": executor, "shards": len(parts)})
-
-
-@dataclass
-class _ShardTask:
-    """Picklable: read one shard in a worker process and run the operator on it."""
-
-    op: Operator
-
-    def __call__(self, path: str) -> tuple[pa.Table, pa.Table]:
-        return decode_result(encode_result(self.op(storage.read_table(path))))
+    """Apply `op` to a version on the executor named `executor` (`corpus.executor`): the
+    whole table in this process (`inline`, needed by operators that look at all rows at
+    once), or shard by shard on a process pool (`local`) or Ray Data (`ray`) for row-local
+    operators, with the same rows and removals in the same order. On Ray an operator with a
+    global step (dedup) runs its own plan (`Operator.ray_plan`)."""
+    runner = make_executor(executor, workers=workers, address=address)
+    return runner.run(op, [(None, str(f)) for f in source.files])
 
 
 def apply(
@@ -100,13 +66,14 @@ def apply(
     op: Operator,
     *,
     operation: str,
-    params: dict[str, Any],
+    params: dict[str, Any] | None = None,
     always_commit: bool = True,
     executor: str = "inline",
     workers: int = 0,
     address: str | None = None,
 ) -> StepReport:
-    """Run `op` over a version and register its output as the next version."""
+    """Run `op` over a version and register its output as the next version, with `params`
+    (default: `op.params()`) as the recorded parameters."""
     start = time.perf_counter()
     if source.rows == 0:
         raise KalmixError(f"{source.ref} is empty: nothing to {operation}")
@@ -118,7 +85,7 @@ def apply(
         [],
         source.rows,
         table.num_rows,
-        _count(result.removed),
+        count_reasons(result.removed),
         stats=result.stats,
     )
     if always_commit or result.removed.num_rows:
@@ -128,7 +95,7 @@ def apply(
                 source.dataset,
                 _without_dataset(result.table),
                 operation,
-                params,
+                op.params() if params is None else params,
                 parent=source.ref,
                 stats={"operator": result.stats},
                 removals=_without_dataset(result.removed),
@@ -149,14 +116,15 @@ def apply_across(
     op: Operator,
     *,
     operation: str,
-    params: dict[str, Any],
+    params: dict[str, Any] | None = None,
     executor: str = "inline",
     address: str | None = None,
 ) -> StepReport:
     """Run `op` over several versions at once; one new version per dataset that lost rows.
 
-    All the new versions are registered in one transaction: all or none. `executor="ray"`
-    needs an operator with a Ray plan (`op.on_ray`, see `run_operator`).
+    All the new versions are registered in one transaction: all or none. The rows carry their
+    dataset (`_dataset`), so this runs inline, or on Ray by the operator's own plan
+    (`Operator.ray_plan`). `params` defaults to `op.params()`.
     """
     if not sources:
         raise KalmixError(f"no datasets selected for {operation}")
@@ -164,26 +132,18 @@ def apply_across(
     rows_in = sum(info.rows for info in sources)
     if rows_in == 0:
         raise KalmixError(f"the selected datasets are empty: nothing to {operation}")
-    if executor == "ray" and hasattr(op, "on_ray"):
-        shards = [(info.dataset, str(f)) for info in sources if info.rows for f in info.files]
-        result = op.on_ray(RayExecutor(address=address), shards)
-    elif executor == "inline":
-        parts = []
-        for info in sources:
-            t = info.read()
-            parts.append(
-                t.append_column(DATASET_COLUMN, pa.array([info.dataset] * t.num_rows, pa.string()))
-            )
-        result = op(pa.concat_tables(parts, promote_options="permissive"))
-    else:
+    if check_executor(executor) == "local" or (executor == "ray" and op.ray_plan() is None):
         raise KalmixError(f"{operation} across datasets runs inline or on Ray, not {executor!r}")
+    shards = [(info.dataset, str(f)) for info in sources for f in info.files]
+    result = make_executor(executor, address=address).run(op, shards)
+    params = op.params() if params is None else params
     report = StepReport(
         operation,
         [s.ref for s in sources],
         [],
         rows_in,
         result.table.num_rows,
-        _count(result.removed),
+        count_reasons(result.removed),
         stats=result.stats,
     )
     # Each dataset's rows are written as soon as they are split off (one copy at a time, not

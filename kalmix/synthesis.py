@@ -26,7 +26,7 @@ from catalog.db import Catalog, fetch_one
 from catalog.versions import Commit, DatasetInfo, VersionInfo, VersionRef
 from corpus.console import progress
 from corpus.errors import KalmixError
-from corpus.operator import OpResult
+from corpus.operator import OpResult, count_reasons
 from kalmix.pipeline import StepReport
 from synth.backends import BackendConfig, SamplingParams, make_backend, model_name
 from synth.generate import (
@@ -159,13 +159,8 @@ def _already(work: Path, operation: str, source: VersionRef, refs: list[VersionR
     return report
 
 
-def _settings_params(settings: SynthSettings, model: str) -> dict[str, Any]:
-    return {
-        "backend": settings.backend.kind,
-        "model": model,
-        "sampling": settings.params.as_dict(),
-        "max_retries": settings.max_retries,
-    }
+def _settings_params(settings: SynthSettings, op: SynthOperator, model: str) -> dict[str, Any]:
+    return {"backend": settings.backend.kind, "model": model, **op.params()}
 
 
 def run_personas(
@@ -201,7 +196,7 @@ def run_personas(
         "n": n,
         "seed": seed,
         "template_hash": template.hash,
-        **_settings_params(settings, model),
+        **_settings_params(settings, op, model),
     }
     work = _work_dir(cat, "personas", key)
     if refs := _registered(cat, work):
@@ -234,7 +229,7 @@ def run_personas(
         refs,
         jobs.num_rows,
         result.table.num_rows,
-        _reasons(result.removed),
+        count_reasons(result.removed),
         time.perf_counter() - start,
         {**stats, **result.stats},
     )
@@ -292,7 +287,7 @@ def run_generate(
         "languages": languages,
         "retrieval_forms": list(retrieval_forms),
         "template_hashes": {t: tpl.hash for t, tpl in loaded.items()},
-        **_settings_params(settings, model),
+        **_settings_params(settings, op, model),
     }
     work = _work_dir(cat, "generate", key)
     if refs := _registered(cat, work):
@@ -313,10 +308,7 @@ def run_generate(
     run_stats = {"run": stats, "resumed_jobs": run.resumed, "seconds": stats["seconds"]}
     refs = _commit(cat, parts, source, "synth-generate", params, run_stats)
     _mark_registered(work, refs, stats)
-    removed: dict[str, int] = {}
-    for r in results.values():
-        for reason, count in _reasons(r.removed).items():
-            removed[reason] = removed.get(reason, 0) + count
+    removed = count_reasons(pa.concat_tables([r.removed for r in results.values()]))
     return StepReport(
         "synth generate",
         [source.ref],
@@ -330,10 +322,3 @@ def run_generate(
             "duplicates_removed": sum(r.stats["duplicates_removed"] for r in results.values()),
         },
     )
-
-
-def _reasons(removed: pa.Table) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for reason in removed.column("reason").to_pylist():
-        counts[reason] = counts.get(reason, 0) + 1
-    return counts

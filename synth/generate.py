@@ -7,10 +7,11 @@ Each step runs batched over all pending jobs; an output that fails its parser is
 `max_retries` times with a new seed, then the job is rejected with `step:reason` (for example
 `example:truncated`). Rejections are results too: they are counted and recorded as removals.
 
-`SynthOperator` is the operator of the design: a job table in, a result table out, no catalog;
-it builds its backend lazily, so it can also be handed to Ray Data `map_batches` (one backend
-per actor). `run_resumable` is the driver: it runs the shards here or, with `RaySynth`, on Ray
-actors, writes each finished shard of results into a work folder as a Parquet file (atomic
+`SynthOperator` is an operator of the contract (`corpus.operator`): a job table in, an
+`OpResult` out (one result row per job, the rejected jobs as removals, the run's stats), no
+catalog; it builds its backend lazily, so it can also be handed to Ray Data `map_batches` (one
+backend per actor). `run_resumable` is the driver: it runs the shards here or, with `RaySynth`,
+on Ray actors, writes each finished shard of results into a work folder as a Parquet file (atomic
 rename), and on a rerun skips every job whose result is already there, so a killed run
 continues where it stopped. Jobs the backend never answered (`backend_error`) are redone on a
 rerun, and a shard with no answer at all stops the run: a dead server is not worth a retry
@@ -34,18 +35,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpus.errors import KalmixError
-from corpus.operator import OpResult, split_by_mask
+from corpus.operator import Operator, OpResult, split_by_mask
 from corpus.schema import RECORD_SCHEMA, attach_ids
+from corpus.text import normalized
 from synth.backends import Backend, BackendConfig, Prompt, SamplingParams, make_backend
 from synth.personas import job_id, parse_persona, rejection_removals
 from synth.prompts import PersonaTemplate, TaskTemplate, language_name
-from synth.validate import (
-    extract_json,
-    normalise,
-    script_matches,
-    to_record_fields,
-    validate_example,
-)
+from synth.validate import extract_json, script_matches, to_record_fields, validate_example
 
 RESULTS = pa.schema(
     [
@@ -142,8 +138,10 @@ def parse_task(text: str, shot_task: str = "") -> tuple[str | None, str | None]:
         return None, "too_short"
     if words > TASK_WORDS[1]:
         return None, "too_long"
-    if shot_task and normalise(line) == normalise(shot_task):
-        return None, "copied_example"
+    if shot_task:
+        said, shot = normalized([line, shot_task], tokens=True)
+        if said == shot:
+            return None, "copied_example"
     return line, None
 
 
@@ -212,14 +210,15 @@ def run_recipe(
     ]
 
 
-class SynthOperator:
-    """Job table -> result table (schema `RESULTS`). Give it a backend, or a config to build
-    one on first use (in a Ray actor, say)."""
+class SynthOperator(Operator):
+    """Job table -> `OpResult`: a result row per job (schema `RESULTS`, the ledger a resumable
+    run keeps), the rejected jobs as removals, `summarize`'s stats. Give it a backend, or a
+    config to build one on first use (in a Ray actor, say)."""
 
     def __init__(
         self,
         recipe: Recipe,
-        params: SamplingParams,
+        sampling: SamplingParams,
         max_retries: int,
         backend: Backend | None = None,
         config: BackendConfig | None = None,
@@ -227,21 +226,37 @@ class SynthOperator:
         if backend is None and config is None:
             raise ValueError("SynthOperator needs a backend or a backend config")
         self.recipe = recipe
-        self.params = params
+        self.sampling = sampling
         self.max_retries = max_retries
         self.backend = backend
         self.config = config
 
-    def __call__(self, jobs: pa.Table) -> pa.Table:
+    def __call__(self, jobs: pa.Table) -> OpResult:
         if self.backend is None:
             self.backend = make_backend(self.config)
         rows = run_recipe(
-            self.recipe, jobs.to_pylist(), self.backend, self.params, self.max_retries
+            self.recipe, jobs.to_pylist(), self.backend, self.sampling, self.max_retries
         )
-        return pa.Table.from_pylist(rows, schema=RESULTS)
+        results = pa.Table.from_pylist(rows, schema=RESULTS)
+        return OpResult(results, rejection_removals(results), summarize(results))
+
+    def params(self) -> dict[str, Any]:
+        """What decides the outputs besides the backend: the sampling and the retries."""
+        return {"sampling": self.sampling.as_dict(), "max_retries": self.max_retries}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "backend": None}  # actors build their own
+
+
+class _RayJobs:
+    """What a Ray actor maps over job blocks: one `SynthOperator` (its own backend), giving
+    back the result rows, the one table a `map_batches` batch can be."""
+
+    def __init__(self, **operator: Any) -> None:
+        self.op = SynthOperator(**operator)
+
+    def __call__(self, jobs: pa.Table) -> pa.Table:
+        return self.op(jobs).table
 
 
 def work_key(params: dict[str, Any]) -> str:
@@ -285,10 +300,10 @@ class RaySynth:
         ray = RayExecutor(address=self.address)._ray()
         blocks = [jobs.slice(s, shard_size) for s in range(0, jobs.num_rows, shard_size)]
         ds = ray.data.from_arrow(blocks).map_batches(
-            SynthOperator,
+            _RayJobs,
             fn_constructor_kwargs={
                 "recipe": op.recipe,
-                "params": op.params,
+                "sampling": op.sampling,
                 "max_retries": op.max_retries,
                 "config": op.config,
             },
@@ -342,7 +357,9 @@ def run_resumable(
         if ray is not None and todo.num_rows:
             finished = ray.map(op, todo, shard_size)
         else:
-            finished = (op(todo.slice(s, shard_size)) for s in range(0, todo.num_rows, shard_size))
+            finished = (
+                op(todo.slice(s, shard_size)).table for s in range(0, todo.num_rows, shard_size)
+            )
         for result in finished:
             failed = result.column("reason").to_pylist()
             if result.num_rows and all(r == BACKEND_ERROR for r in failed):
@@ -434,12 +451,11 @@ def examples_to_records(
     by_job = {r["job_id"]: r for r in results.to_pylist()}
     out: dict[str, OpResult] = {}
     for task_type, template in templates.items():
-        rows, failed = [], []
+        rows = []
         jobs_of_type = jobs.filter(pc.equal(jobs.column("task_type"), task_type))
         for job in jobs_of_type.to_pylist():
             result = by_job[job["job_id"]]
             if not result["ok"]:
-                failed.append((job, result))
                 continue
             outputs = json.loads(result["outputs"])
             record, extra = to_record_fields(outputs["example"], template)
@@ -476,7 +492,7 @@ def examples_to_records(
         )
         out[task_type] = OpResult(
             kept,
-            pa.concat_tables([rejection_removals(failed), dups], promote_options="permissive"),
+            pa.concat_tables([rejection_removals(type_results), dups]),
             {**summarize(type_results), "duplicates_removed": dups.num_rows},
         )
     return out
@@ -489,14 +505,14 @@ _RECORD_INPUT = RECORD_SCHEMA.remove(RECORD_SCHEMA.get_field_index("id"))
 def _drop_duplicates(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """Exact duplicates (same id) and examples whose query repeats an earlier one."""
     ids = table.column("id").to_pylist()
-    queries = [normalise(q or "") for q in table.column("query").to_pylist()]
+    queries = normalized([q or "" for q in table.column("query").to_pylist()], tokens=True)
     first: dict[str, str] = {}
     keep, reasons, details = [], [], []
     for rid, query in zip(ids, queries, strict=True):
         earlier = first.get(rid) or first.get("q:" + query)
         keep.append(earlier is None)
         reasons.append(None if earlier is None else "duplicate")
-        details.append(None if earlier is None else {"duplicate_of": earlier})
+        details.append(None if earlier is None else {"dup_of": earlier})
         if earlier is None:
             first[rid] = rid
             first["q:" + query] = rid

@@ -2,10 +2,11 @@
 
 Passages are sampled from a corpus (seeded, so the same command samples the same passages),
 the LLM answers with one sentence, and personas that say the same thing are merged: exact
-after normalisation, then near-duplicates by word Jaccard (MinHash LSH from `datasketch` finds
-candidates, the exact Jaccard decides). A persona is stored as a retrieval record (category
-`persona`): `query` = the persona, `positive` = the passage it came from, so the persona set is
-itself usable as "persona -> texts this person reads" training data.
+after normalisation, then near-duplicates by word Jaccard (words as the dedup filter splits
+them, `corpus.text`; MinHash LSH from `corpus.minhash` finds candidates, the exact Jaccard
+decides). A persona is stored as a retrieval record (category `persona`): `query` = the
+persona, `positive` = the passage it came from, so the persona set is itself usable as
+"persona -> texts this person reads" training data.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from corpus.operator import OpResult, split_by_mask
+from corpus.minhash import MinHashConfig, MinHasher, candidate_pairs, lsh_params
+from corpus.operator import OpResult, removal_table, split_by_mask
 from corpus.schema import UNKNOWN_LANGUAGE, attach_ids
+from corpus.text import ngram_spans, normalized, shingle_text
 from synth.prompts import PersonaTemplate
-from synth.validate import CJK, normalise
 
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:persona|answer|description)\s*:\s*(?:\*\*)?\s*", re.I)
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s")
@@ -41,10 +44,11 @@ def sample_passages(table: pa.Table, n: int, seed: int, source: str) -> pa.Table
     order = np.random.default_rng(seed).permutation(len(texts))
     ids = table.column("id").to_pylist()
     langs = table.column("language").to_pylist()
+    keys = normalized(texts, tokens=True)
     seen: set[str] = set()
     rows: dict[str, list] = {"job_id": [], "passage_id": [], "passage": [], "language": []}
     for i in order:
-        key = normalise(texts[i])
+        key = keys[i]
         if len(key) < 20 or key in seen:
             continue
         seen.add(key)
@@ -79,62 +83,75 @@ def parse_persona(text: str, template: PersonaTemplate) -> tuple[str | None, str
         return None, "too_short"
     if len(words) > template.max_words:
         return None, "too_long"
-    if normalise(sentence) == normalise(template.shot_persona):
+    said, shot = normalized([sentence, template.shot_persona], tokens=True)
+    if said == shot:
         return None, "copied_example"
     return sentence if sentence.endswith((".", "。")) else sentence + ".", None
 
 
-def _tokens(text: str) -> set[str]:
-    """Words, and single characters for CJK (which has no spaces)."""
-    out: set[str] = set()
-    for word in normalise(text).split():
-        out.update(word if CJK.search(word) else [word])
-    return out
+def _word_sets(texts: list[str]) -> list[frozenset[bytes]]:
+    """Each text's words as the dedup filter shingles them (token form; characters for CJK and
+    mixed text, which has no spaces), as a set."""
+    norm, char = shingle_text(pa.array(texts, pa.string()))
+    spans = ngram_spans(norm, char, 1)
+    data = spans.data.tobytes()
+    words: list[set[bytes]] = [set() for _ in texts]
+    for doc, start, end in zip(
+        spans.doc.tolist(), spans.start.tolist(), spans.end.tolist(), strict=True
+    ):
+        words[doc].add(data[start:end])
+    return [frozenset(w) for w in words]
 
 
 def near_duplicates(texts: list[str], threshold: float, num_perm: int = 64) -> list[int | None]:
     """For each text, the index of an earlier kept text it duplicates, or None if it is kept.
 
-    datasketch is imported here, not at module load: it pulls in scipy (~0.8 s), and every
-    `kalmix` command imports this module through the synth sub-app.
+    The same words (as sets) make a duplicate outright; otherwise the candidates are the earlier
+    kept texts that share an LSH bucket with it (every pair in a bucket, as a MinHash LSH query
+    finds them) and the first whose exact word Jaccard reaches `threshold` is the one it
+    duplicates. datasketch (for the permutations) is imported only when this runs: it pulls in
+    scipy (~0.8 s), and every `kalmix` command imports this module through the synth sub-app.
     """
-    from datasketch import MinHash, MinHashLSH
-
-    token_sets = [_tokens(t) for t in texts]
-    keys = [" ".join(sorted(s)) for s in token_sets]
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    hashes = MinHash.bulk([[w.encode() for w in s] for s in token_sets], num_perm=num_perm)
-    first_by_key: dict[str, int] = {}
+    words = _word_sets(texts)
+    config = MinHashConfig(num_perm=num_perm, ngram=1)
+    sig = MinHasher(config).signatures(pa.array(texts, pa.string()))
+    bands, band_rows = lsh_params(threshold, num_perm)
+    with_words = np.flatnonzero([len(w) > 0 for w in words])
+    left, right = candidate_pairs(sig, with_words, bands, band_rows, max_group=len(texts))
+    earlier: dict[int, list[int]] = {}
+    for j, i in zip(left.tolist(), right.tolist(), strict=True):
+        earlier.setdefault(i, []).append(j)
+    first_by_words: dict[frozenset[bytes], int] = {}
+    kept: set[int] = set()
     out: list[int | None] = []
-    for i, (tokens, key, mh) in enumerate(zip(token_sets, keys, hashes, strict=True)):
-        if key in first_by_key:
-            out.append(first_by_key[key])
+    for i, mine in enumerate(words):
+        if mine in first_by_words:
+            out.append(first_by_words[mine])
             continue
-        match = None
-        for j in lsh.query(mh):
-            other = token_sets[j]
-            if len(tokens & other) / max(1, len(tokens | other)) >= threshold:
-                match = j
-                break
+        match = next(
+            (
+                j
+                for j in earlier.get(i, ())
+                if j in kept and len(mine & words[j]) / max(1, len(mine | words[j])) >= threshold
+            ),
+            None,
+        )
         out.append(match)
         if match is None:
-            first_by_key[key] = i
-            lsh.insert(i, mh)
+            first_by_words[mine] = i
+            kept.add(i)
     return out
 
 
 def personas_to_records(
     jobs: pa.Table, results: pa.Table, meta: dict[str, Any], threshold: float
 ) -> OpResult:
-    """Persona records from finished jobs; rejected jobs and duplicates become removals."""
+    """Persona records from finished jobs (`results`: one per job, in job order); rejected jobs
+    and duplicates become removals."""
     by_job = {r["job_id"]: r for r in results.to_pylist()}
-    kept_rows, failed = [], []
-    for job in jobs.to_pylist():
-        result = by_job[job["job_id"]]
-        if result["ok"]:
-            kept_rows.append((job, result))
-        else:
-            failed.append((job, result))
+    kept_rows = [
+        (job, by_job[job["job_id"]]) for job in jobs.to_pylist() if by_job[job["job_id"]]["ok"]
+    ]
     personas = [json.loads(r["outputs"])["persona"] for _, r in kept_rows]
     n = len(kept_rows)
     table = attach_ids(
@@ -172,11 +189,11 @@ def personas_to_records(
         [d is None for d in dup_of],
         [None if d is None else "duplicate" for d in dup_of],
         [
-            None if d is None else {"duplicate_of": ids[d], "persona": personas[i]}
+            None if d is None else {"dup_of": ids[d], "persona": personas[i]}
             for i, d in enumerate(dup_of)
         ],
     )
-    rejected = rejection_removals(failed)
+    rejected = rejection_removals(results)
     return OpResult(
         kept,
         pa.concat_tables([rejected, removed], promote_options="permissive"),
@@ -184,19 +201,12 @@ def personas_to_records(
     )
 
 
-def rejection_removals(failed: list[tuple[dict, dict]]) -> pa.Table:
-    """Removal rows for rejected jobs: id = job id, reason, and the last raw output."""
-    return pa.table(
-        {
-            "id": [job["job_id"] for job, _ in failed],
-            "reason": [result["reason"] for _, result in failed],
-            "detail": [
-                json.dumps(
-                    {"raw": (result["raw"] or "")[:500], "attempts": result["attempts"]},
-                    ensure_ascii=False,
-                )
-                for _, result in failed
-            ],
-        },
-        schema=pa.schema([("id", pa.string()), ("reason", pa.string()), ("detail", pa.string())]),
+def rejection_removals(results: pa.Table) -> pa.Table:
+    """Removal rows for the rejected jobs of a result table (`synth.generate.RESULTS`), in its
+    order: id = job id, the reason, and the last raw output with the attempts it took."""
+    failed = results.filter(pc.invert(results.column("ok"))).to_pylist()
+    return removal_table(
+        [r["job_id"] for r in failed],
+        [r["reason"] for r in failed],
+        [{"raw": (r["raw"] or "")[:500], "attempts": r["attempts"]} for r in failed],
     )

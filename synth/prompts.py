@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -35,6 +34,7 @@ from typing import Any
 
 from corpus.errors import KalmixError
 from corpus.schema import TASK_TYPES
+from corpus.toml import parse_toml
 from synth.backends import Prompt
 
 LANGUAGES: dict[str, str] = {
@@ -94,11 +94,7 @@ def _load(path: Path) -> tuple[dict[str, Any], str]:
     if not path.exists():
         raise KalmixError(f"template {path} not found")
     raw = path.read_bytes()
-    try:
-        data = tomllib.loads(raw.decode())
-    except tomllib.TOMLDecodeError as err:
-        raise KalmixError(f"template {path} is not valid TOML: {err}") from None
-    return data, hashlib.sha256(raw).hexdigest()[:16]
+    return parse_toml(raw.decode(), f"template {path}"), hashlib.sha256(raw).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ literal newlines in strings, repeat a key, or copy the one-shot example. Extract
 first JSON object in the text (tolerating control characters and trailing commas); validation
 checks the template's fields (present, text, within length bounds), that paired texts differ,
 that nothing is the one-shot example copied back, and that a Chinese, Japanese or Korean
-example is written in that script. Every failure has a short reason that
-ends up in the run's stats and in the version's removals: nothing is dropped silently.
+example is written in that script. Texts are compared in `corpus.text`'s token form and scripts
+told apart by its CJK pattern, the definitions the filters use. Every failure has a short reason
+that ends up in the run's stats and in the version's removals: nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import json
 import re
 from typing import Any
 
+from corpus.text import CJK_LANGUAGES, has_cjk, normalized
 from synth.prompts import TaskTemplate
 
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _VALUE_END = re.compile(r'"\s*,')  # the end of a string value followed by another key
-_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
-CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
-CJK_LANGUAGES = ("zh", "ja", "ko")
 
 
 def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -69,11 +68,6 @@ def extract_json(text: str) -> tuple[dict[str, Any] | None, str | None]:
     return obj, None
 
 
-def normalise(text: str) -> str:
-    """Lower case, punctuation and spacing removed: for equality checks and dedup keys."""
-    return _NOT_WORD.sub(" ", text.lower()).strip()
-
-
 def _as_text(value: Any) -> str | None:
     if isinstance(value, str):
         return value.strip()
@@ -109,18 +103,18 @@ def validate_example(obj: dict[str, Any], template: TaskTemplate) -> tuple[dict 
         if any(len(t) > f.max_chars for t in check):
             return None, "too_long"
         values[f.key] = value
-    shot = {normalise(v) for v in template.shot_values}
+    texts = {key: value if isinstance(value, list) else [value] for key, value in values.items()}
+    shot_texts = template.shot_values
+    every = [*shot_texts, *(t for group in texts.values() for t in group)]
+    norm = dict(zip(every, normalized(every, tokens=True), strict=True))
+    shot = {norm[t] for t in shot_texts}
     for f in template.fields:
         if f.record in ("label", "meta"):
             continue  # class names ("positive", "sports") may repeat the example's on purpose
-        value = values[f.key]
-        for text in value if isinstance(value, list) else [value]:
-            if normalise(text) in shot:
-                return None, "copied_example"
+        if any(norm[t] in shot for t in texts[f.key]):
+            return None, "copied_example"
     for a, b in template.distinct:
-        left = values[a] if isinstance(values[a], list) else [values[a]]
-        right = values[b] if isinstance(values[b], list) else [values[b]]
-        if {normalise(t) for t in left} & {normalise(t) for t in right}:
+        if {norm[t] for t in texts[a]} & {norm[t] for t in texts[b]}:
             return None, "same_text"
     return values, None
 
@@ -157,4 +151,4 @@ def script_matches(values: dict[str, Any], template: TaskTemplate, languages: li
         if f.record not in ("label", "meta")
         for text in (values[f.key] if isinstance(values[f.key], list) else [values[f.key]])
     ]
-    return any(CJK.search(text) for text in texts)
+    return bool(has_cjk(texts).any())

@@ -52,13 +52,13 @@ Multi-stage training is a list of stages, each with its own mixture and any sett
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from corpus.errors import KalmixError
 from corpus.schema import suggest
+from corpus.toml import read_toml
 
 ARCHS = ("transformer", "static")
 INITS = ("random", "distill")
@@ -272,12 +272,7 @@ class TrainConfig:
     @staticmethod
     def read_toml(path: Path) -> dict[str, Any]:
         """The settings of a train.toml, unchecked (`from_dict` checks them)."""
-        try:
-            return tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise KalmixError(f"training config not found: {path}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise KalmixError(f"{path} is not valid TOML: {err}") from None
+        return read_toml(path, what="training config")
 
     @classmethod
     def from_toml(cls, path: Path) -> TrainConfig:

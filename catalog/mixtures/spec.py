@@ -4,7 +4,6 @@ manifest of a version. No catalog access here: `plan` resolves a spec against th
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -13,6 +12,7 @@ from typing import Any
 
 from catalog.versions import Ref, VersionRef
 from corpus.errors import KalmixError
+from corpus.toml import read_toml
 
 WEIGHTINGS: tuple[str, ...] = ("proportional", "uniform", "temperature", "explicit")
 Progress = Callable[[int], None]
@@ -166,12 +166,7 @@ def read_spec_toml(path: Path) -> dict[str, Any]:
     `instruction`; a `weight` on any entry means explicit weighting. Error messages here avoid
     square brackets because the CLI prints them as rich markup.
     """
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise KalmixError(f"spec file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise KalmixError(f"{path} is not valid TOML: {err}") from None
+    raw = read_toml(path, what="spec file")
     unknown = sorted(set(raw) - {*SPEC_KEYS, "dataset"})
     if unknown:
         raise KalmixError(

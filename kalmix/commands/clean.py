@@ -17,7 +17,8 @@ from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console, progress
 from corpus.errors import KalmixError
-from kalmix.pipeline import EXECUTORS, StepReport, apply, apply_across, select_versions
+from corpus.executor import check_executor, executor_help
+from kalmix.pipeline import StepReport, apply, apply_across, select_versions
 
 
 def register(app: typer.Typer) -> None:
@@ -86,12 +87,17 @@ def dedup(
         "(datasketch's own default is 0.5,0.5).",
     ),
     seed: int = typer.Option(1, "--seed", help="MinHash seed (datasketch's default is 1)."),
-    workers: int = typer.Option(0, "--workers", help="Signature processes (0 = one per core)."),
+    workers: int = typer.Option(
+        0, "--workers", help="Signature processes for --executor local (0 = one per core)."
+    ),
     executor: str = typer.Option(
         "local",
         "--executor",
-        help="local (this machine: signatures on a process pool) or ray (Ray Data: signatures "
-        "as map_batches, exact pass and LSH banding as group-by shuffles; same result).",
+        help=executor_help(
+            note="Dedup looks at every row at once: inline and local run it in this process, "
+            "local with the signatures on the pool; ray computes the signatures as map_batches "
+            "and runs the exact pass and LSH banding as group-by shuffles (same result)."
+        ),
     ),
     address: str = typer.Option(
         None, "--address", help="Ray cluster address for --executor ray (default: local Ray)."
@@ -115,9 +121,8 @@ def dedup(
 
     if (ref is None) == (across is None):
         raise KalmixError("give either a dataset (NAME or NAME@vN) or --across WHERE, not both")
-    if executor not in ("local", "ray"):
-        raise KalmixError(f"--executor must be local or ray, got {executor!r}")
-    run_on = "inline" if executor == "local" else "ray"
+    # Not row-local: "local" is this process with the signature pool, never shard by shard.
+    run_on = "ray" if check_executor(executor) == "ray" else "inline"
     weights = _names(lsh_weights)
     try:
         lsh = (float(weights[0]), float(weights[1])) if len(weights) == 2 else ()
@@ -138,7 +143,7 @@ def dedup(
         prefer=prefer,
         priority=values,
         priority_column=column,
-        workers=workers,
+        workers=1 if executor == "inline" else workers,
     )
     cat = Catalog.open(Workspace.resolve())
     sources = select_versions(cat, across) if across else [versions.resolve(cat, ref)]
@@ -153,7 +158,6 @@ def dedup(
                 sources,
                 op,
                 operation="dedup",
-                params=config.params(),
                 executor=run_on,
                 address=address,
             )
@@ -163,7 +167,6 @@ def dedup(
                 sources[0],
                 op,
                 operation="dedup",
-                params=config.params(),
                 always_commit=False,
                 executor=run_on,
                 address=address,
@@ -192,9 +195,13 @@ def langid(
         0.0, "--min-score", help="Remove rows whose language score is below this (0-1)."
     ),
     executor: str = typer.Option(
-        "inline", "--executor", help=f"Where to run: {', '.join(EXECUTORS)} (row-local step)."
+        "inline",
+        "--executor",
+        help=executor_help(note="Language ID is row-local: local and ray go shard by shard."),
     ),
-    workers: int = typer.Option(0, "--workers", help="Processes for --executor local."),
+    workers: int = typer.Option(
+        0, "--workers", help="Processes for --executor local (0 = one per core)."
+    ),
 ) -> None:
     """Detect each record's language with fastText lid.176 and filter by language and score.
 
@@ -215,7 +222,6 @@ def langid(
             info,
             LangId(config),
             operation="langid",
-            params=config.params(),
             executor=executor,
             workers=workers,
         )
@@ -265,7 +271,7 @@ def decontaminate(
             info,
             op,
             operation="decontaminate",
-            params={**config.params(), "against": list(against)},
+            params={**op.params(), "against": list(against)},
             always_commit=False,
         )
     _print(report, ("eval_items", "contaminated_exact", "contaminated_ngram"))

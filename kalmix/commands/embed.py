@@ -83,10 +83,6 @@ def _pair_source(cat: Catalog, ref: str, operation: str) -> versions.VersionInfo
     return source
 
 
-def _model_params(embedder: Embedder) -> dict:
-    return {"model": str(embedder.path), "model_fingerprint": embedder.fingerprint}
-
-
 @filter_app.command("consistency")
 def consistency(
     ref: str = typer.Argument(..., help="Dataset NAME or NAME@vN (retrieval-style pairs)."),
@@ -123,8 +119,7 @@ def consistency(
     source = _pair_source(cat, ref, "ranking-consistency filtering")
     embedder = _embedder(ws, model, batch_size)
     op = ConsistencyFilter(embedder, config, _pool_texts(cat, pool), show_progress=True)
-    params = {"top_k": top_k, "pool": pool, "instructions": instructions, **_model_params(embedder)}
-    report = apply(cat, source, op, operation="consistency", params=params)
+    report = apply(cat, source, op, operation="consistency", params={**op.params(), "pool": pool})
     console.print(report.line())
     s = report.stats
     console.print(
@@ -214,21 +209,7 @@ def mine(
     embedder = _embedder(ws, model, batch_size)
     teacher_embedder = _embedder(ws, teacher, batch_size) if teacher else None
     op = HardNegativeMiner(embedder, config, _pool_texts(cat, pool), teacher_embedder, True)
-    params = {
-        "negatives": negatives,
-        "range": rank_range,
-        "margin": config.margin,
-        "relative": relative,
-        "near_dup": near_dup,
-        "seed": seed,
-        "pool": pool,
-        "instructions": instructions,
-        "index": index,
-        **_model_params(embedder),
-    }
-    if teacher_embedder:
-        params["teacher"] = str(teacher_embedder.path)
-    report = apply(cat, source, op, operation="mine", params=params)
+    report = apply(cat, source, op, operation="mine", params={**op.params(), "pool": pool})
     console.print(report.line())
     s = report.stats
     console.print(
@@ -318,21 +299,10 @@ def semdedup(
     if threshold is None:  # the model's own default
         config = replace(config, threshold=default_threshold(embedder.name))
     op = SemanticDedup(embedder, config, show_progress=True)
-    params = {
-        "field": field,
-        "threshold": config.threshold,
-        "seed": seed,
-        "route": route,
-        "prefer": prefer,
-        "priority": list(rule.priority),
-        **_model_params(embedder),
-    }
     if across:
-        report = apply_across(cat, sources, op, operation="semdedup", params=params)
+        report = apply_across(cat, sources, op, operation="semdedup")
     else:
-        report = apply(
-            cat, sources[0], op, operation="semdedup", params=params, always_commit=False
-        )
+        report = apply(cat, sources[0], op, operation="semdedup", always_commit=False)
     console.print(report.line())
     s = report.stats
     console.print(

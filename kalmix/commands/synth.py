@@ -19,6 +19,7 @@ from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console
 from corpus.errors import KalmixError
+from corpus.executor import check_executor, executor_help
 from kalmix.pipeline import StepReport
 from kalmix.synthesis import RETRIEVAL_FORMS, SynthSettings, run_generate, run_personas
 from synth.backends import BACKENDS, BackendConfig, SamplingParams
@@ -31,7 +32,7 @@ app = typer.Typer(
 )
 
 
-SYNTH_EXECUTORS = ("inline", "ray")
+SYNTH_EXECUTORS = ("inline", "ray")  # generation is not split over local processes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,8 +82,11 @@ TEMPLATES = typer.Option(
 EXECUTOR = typer.Option(
     "inline",
     "--executor",
-    help="inline: generate in this process; ray: Ray Data map_batches on a pool of actors, "
-    "one backend each (see docs/scaling-synthesis.md).",
+    help=executor_help(
+        SYNTH_EXECUTORS,
+        "On ray, generation is map_batches on a pool of actors, one backend each (see "
+        "docs/scaling-synthesis.md).",
+    ),
 )
 ADDRESS = typer.Option(
     None, "--address", help="ray: cluster address (auto, ray://head:10001); default: local Ray."
@@ -168,8 +172,7 @@ def _settings(
 ) -> SynthSettings:
     if backend not in BACKENDS:
         raise KalmixError(f"unknown --backend {backend!r}; one of: {', '.join(BACKENDS)}")
-    if executor not in SYNTH_EXECUTORS:
-        raise KalmixError(f"unknown --executor {executor!r}; one of: {', '.join(SYNTH_EXECUTORS)}")
+    check_executor(executor, SYNTH_EXECUTORS)
     if ray_actors < 1:
         raise KalmixError("--ray-actors must be at least 1")
     if gpus_per_actor is None:

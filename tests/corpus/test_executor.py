@@ -4,22 +4,30 @@ import pytest
 
 from catalog import versions
 from catalog.versions import Commit, DatasetInfo
-from corpus.operator import OpResult, split_by_mask
+from corpus.operator import Operator, OpResult, split_by_mask
 from corpus.schema import attach_ids
 from corpus.writer import write_table
 from kalmix.pipeline import apply, run_operator
 
 
-def drop_sevens(table: pa.Table) -> OpResult:
+class DropSevens(Operator):
     """A row-local operator: removes rows whose query mentions a 7."""
-    keep = pc.invert(pc.match_substring(table.column("query"), "7")).to_pylist()
-    reasons = [None if k else "has-seven" for k in keep]
-    details = [
-        None if k else {"query": q}
-        for k, q in zip(keep, table.column("query").to_pylist(), strict=True)
-    ]
-    kept, removed = split_by_mask(table, keep, reasons, details)
-    return OpResult(kept, removed, {})
+
+    def __call__(self, table: pa.Table) -> OpResult:
+        keep = pc.invert(pc.match_substring(table.column("query"), "7")).to_pylist()
+        reasons = [None if k else "has-seven" for k in keep]
+        details = [
+            None if k else {"query": q}
+            for k, q in zip(keep, table.column("query").to_pylist(), strict=True)
+        ]
+        kept, removed = split_by_mask(table, keep, reasons, details)
+        return OpResult(kept, removed, {})
+
+    def params(self) -> dict:
+        return {}
+
+
+drop_sevens = DropSevens()
 
 
 @pytest.fixture
@@ -55,9 +63,7 @@ def test_local_pool_matches_inline(cat, sharded):
     pooled = run_operator(sharded, drop_sevens, "local", workers=2)
     assert pooled.table.column("id").to_pylist() == inline.table.column("id").to_pylist()
     assert pooled.removed.to_pylist() == inline.removed.to_pylist()
-    report = apply(
-        cat, sharded, drop_sevens, operation="filter", params={}, executor="local", workers=2
-    )
+    report = apply(cat, sharded, drop_sevens, operation="filter", executor="local", workers=2)
     assert report.rows_in == 1000 and report.rows_out == inline.table.num_rows
     assert report.removed_by_reason == {"has-seven": 1000 - inline.table.num_rows}
 

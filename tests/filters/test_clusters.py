@@ -3,13 +3,8 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from filters.clusters import (
-    KeeperRule,
-    choose_keepers,
-    clusters_from_pairs,
-    duplicate_details,
-    split_rows,
-)
+from corpus.operator import split_rows
+from filters.clusters import KeeperRule, choose_keepers, clusters_from_pairs, duplicate_details
 
 
 def test_clusters_from_pairs_joins_chains_and_names_by_smallest_row():

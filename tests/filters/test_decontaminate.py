@@ -10,6 +10,7 @@ from catalog import versions
 from corpus.errors import KalmixError
 from corpus.sample import python_docs_records
 from corpus.schema import attach_ids
+from corpus.text import normalize
 from filters.decontaminate import (
     Decontaminate,
     DecontaminateConfig,
@@ -17,7 +18,6 @@ from filters.decontaminate import (
     items_from_path,
     items_from_table,
 )
-from filters.text import normalize
 from kalmix.ingest import ingest
 from tests.conftest import write_jsonl
 

@@ -4,8 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
+from corpus.embedding import default_model_path
 from corpus.errors import KalmixError
-from filters.embedder import QUERY_TEMPLATE, Embedder, default_model_path
+from filters.embedder import QUERY_TEMPLATE, Embedder
 from tests.filters.embedding_data import session_embedder
 
 TEXTS = [

@@ -6,9 +6,9 @@ import pytest
 from catalog import versions
 from catalog.queries import versions_of
 from catalog.versions import Commit, DatasetInfo
+from corpus.embedding import default_model_path
 from corpus.errors import KalmixError
 from corpus.schema import RECORD_SCHEMA
-from filters.embedder import default_model_path
 from filters.mining import HardNegativeMiner, MiningConfig, parse_range
 from tests.conftest import write_jsonl
 from tests.filters.embedding_data import banking_pairs, records, session_embedder

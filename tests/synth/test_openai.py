@@ -78,8 +78,9 @@ def test_exhausted_retries_are_rejections_not_losses(tmp_path):
             max_retries=1,
             backend=backend,
         )
-        results = op(jobs)
-        stats = summarize(results)
+        result = op(jobs)
+        results, stats = result.table, result.stats
+        assert stats == summarize(results) and result.removed.num_rows == 2
         assert stats["jobs"] == 2 and stats["valid"] == 0
         assert stats["rejected_by_reason"] == {"backend_error": 2}
         assert stats["requests"] == 2 * 3  # 1 try + 2 transport retries, no parse retries

@@ -6,7 +6,7 @@ mteb's `SentenceTransformerEncoderWrapper` unchanged (same prompts, same `encode
 
 - each distinct text is embedded once per model: STSBenchmark, the English subset of
   STSBenchmarkMultilingualSTS and the STS-B retrieval and reranking tasks share most sentences.
-  Vectors go through the workspace's embedding cache (`filters.embedder.EmbeddingCache`) in a
+  Vectors go through the workspace's embedding cache (`corpus.embedding.EmbeddingCache`) in a
   folder of their own, `embeddings/<model fingerprint of "mteb-fp32">/`, because the shared
   embedder stores L2-normalised vectors and these are raw; a re-evaluation of the same model
   (same weights) re-embeds nothing;
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 
-from filters.embedder import EmbeddingCache, model_fingerprint, text_keys
+from corpus.embedding import EmbeddingCache, cached_vectors, model_fingerprint, text_keys
 
 CHUNK_TEXTS = 1024  # texts per model call: the granularity of the progress callback
 
@@ -36,7 +36,7 @@ class CachedEncoder(SentenceTransformerEncoderWrapper):
     def __init__(self, model: Any, model_dir: Path, cache_dir: Path) -> None:
         super().__init__(model)
         fingerprint = model_fingerprint(model_dir, "mteb-fp32")
-        self.cache = EmbeddingCache(Path(cache_dir) / "embeddings" / fingerprint)
+        self.cache = EmbeddingCache.for_model(cache_dir, fingerprint)
         self.asymmetric = bool(self.model_prompts) or any(
             type(module).__name__ == "Router" for module in model
         )
@@ -58,39 +58,29 @@ class CachedEncoder(SentenceTransformerEncoderWrapper):
         texts = [text for batch in inputs for text in batch["text"]]
         self.requested += len(texts)
         keys = text_keys(texts, self._key_prefix(task_metadata, prompt_type))
-        _, first, inverse = np.unique(
-            keys.view(np.dtype((np.void, 16))).ravel(), return_index=True, return_inverse=True
-        )
-        unique_keys = keys[first]
-        found, cached = self.cache.lookup(unique_keys)
-        missing = np.flatnonzero(~found)
-        parts = []
-        for start in range(0, len(missing), CHUNK_TEXTS):
-            chunk = missing[start : start + CHUNK_TEXTS]
-            parts.append(
-                np.asarray(
-                    super().encode(
-                        _text_loader([texts[first[i]] for i in chunk], kwargs),
-                        task_metadata=task_metadata,
-                        hf_split=hf_split,
-                        hf_subset=hf_subset,
-                        prompt_type=prompt_type,
-                        **kwargs,
-                    ),
-                    dtype=np.float32,
+
+        def embed(rows: np.ndarray) -> np.ndarray:
+            parts = []
+            for start in range(0, len(rows), CHUNK_TEXTS):
+                chunk = rows[start : start + CHUNK_TEXTS]
+                parts.append(
+                    np.asarray(
+                        super(CachedEncoder, self).encode(
+                            _text_loader([texts[i] for i in chunk], kwargs),
+                            task_metadata=task_metadata,
+                            hf_split=hf_split,
+                            hf_subset=hf_subset,
+                            prompt_type=prompt_type,
+                            **kwargs,
+                        ),
+                        dtype=np.float32,
+                    )
                 )
-            )
-            self.embedded += len(chunk)
-            self.on_encoded(len(chunk))
-        fresh = np.concatenate(parts) if parts else None
-        dim = (fresh if fresh is not None else cached).shape[1]
-        out = np.empty((len(unique_keys), dim), np.float32)
-        if cached is not None:
-            out[found] = cached
-        if fresh is not None:
-            out[missing] = fresh
-            self.cache.add(unique_keys[missing], fresh)
-        return out[inverse.ravel()]
+                self.embedded += len(chunk)
+                self.on_encoded(len(chunk))
+            return np.concatenate(parts)
+
+        return cached_vectors(keys, self.cache, embed)
 
     def _key_prefix(self, task_metadata: Any, prompt_type: Any) -> str:
         """What besides the text decides the vector: the resolved prompt, and the side."""

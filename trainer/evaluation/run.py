@@ -34,9 +34,9 @@ from catalog.db import Catalog
 from catalog.runs import MODEL_FOLDER, get_run
 from catalog.scores import SAMPLE_SPLIT_MARK, ScoreRow, record_scores
 from corpus.console import progress
+from corpus.embedding import check_model_dir, default_model_path
 from corpus.errors import KalmixError
 from corpus.schema import suggest
-from filters.embedder import check_model_dir, default_model_path
 from trainer.evaluation.suite import (
     NotCached,
     cache_howto,

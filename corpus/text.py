@@ -1,15 +1,18 @@
-"""Text helpers shared by the cleaning operators: field selection, normalisation, scripts, n-grams.
+"""Text helpers shared by the cleaning operators and synthesis: fields, normalisation, scripts,
+n-grams.
 
-Everything here works on whole Arrow/polars columns or numpy arrays at once; nothing loops over
-records in Python, so the operators built on it stay fast and memory-bounded.
+One definition of each, so that a filter and a synthesis check agree on what "the same text" or
+"written in Chinese" means. Everything here works on whole Arrow/polars columns or numpy arrays
+at once; nothing loops over records in Python, so the operators built on it stay fast and
+memory-bounded (`normalized` and `has_cjk` take a few Python strings, for one LLM answer).
 
 - `record_text`: the text of the chosen fields of each record (validated: unknown or non-text
   fields are a `KalmixError`, never a traceback).
 - `normalize` (NFKC, lower case, whitespace collapsed) defines an exact duplicate; with
   `tokens=True` punctuation also becomes space, for shingles and n-gram overlap.
-- `cjk_share` / `script_counts`: which script a record is written in, so shingles are word
-  n-grams for space-separated scripts and character n-grams for Chinese/Japanese/Korean and
-  mixed text, decided per record.
+- `cjk_share` / `script_counts` / `has_cjk`: which script a record is written in, so shingles
+  are word n-grams for space-separated scripts and character n-grams for Chinese/Japanese/Korean
+  and mixed text, decided per record, and a CJK example can be told from an English one.
 - `ngram_spans` + `span_hashes`: the n-grams of a batch of texts as byte spans of one UTF-8
   buffer, and a 64-bit polynomial hash of each span computed from prefix sums (no per-n-gram
   Python call). `poly_hash64` is the same function on one `bytes` value, so any consumer that
@@ -32,6 +35,7 @@ from corpus.errors import KalmixError
 
 # Chinese, Japanese and Korean scripts (Han also covers Japanese kanji and Korean hanja).
 CJK_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]"
+CJK_LANGUAGES = ("zh", "ja", "ko")  # the ISO codes of the languages written in those scripts
 # A record whose letters are at least this share CJK is shingled by characters: CJK text has
 # no spaces, so "words" would be whole clauses; a mixed record is safer by characters too.
 CJK_CHAR_SHARE = 0.1
@@ -132,6 +136,11 @@ def normalize(texts: pa.Array | pa.ChunkedArray | pl.Series, tokens: bool = Fals
     return _squeeze_spaces(np.take(_TOKEN_MAP, data), offsets)
 
 
+def normalized(texts: Sequence[str], *, tokens: bool = False) -> list[str]:
+    """`normalize` for a few Python strings (one LLM answer's fields, say), as Python strings."""
+    return normalize(pa.array(list(texts), pa.large_string()), tokens=tokens).to_pylist()
+
+
 def _collapse_whitespace(texts: pa.Array, data: np.ndarray, offsets: np.ndarray) -> pa.Array:
     """Exact form's whitespace rule, applied only to the texts that need it.
 
@@ -214,6 +223,12 @@ def cjk_share(texts: pa.Array) -> np.ndarray:
         )
         share[rows] = (frame["cjk"] / frame["chars"].clip(lower_bound=1)).to_numpy()
     return share
+
+
+def has_cjk(texts: Sequence[str]) -> np.ndarray:
+    """Whether each text has at least one Chinese, Japanese or Korean character."""
+    found = pl.Series(list(texts), dtype=pl.String).str.contains(CJK_PATTERN)
+    return found.fill_null(False).to_numpy()
 
 
 def script_counts(texts: pl.Series) -> pl.DataFrame:
@@ -315,7 +330,9 @@ def ngram_spans(texts: pa.Array, char_mode: np.ndarray, n: int) -> Spans:
 _MASK64 = (1 << 64) - 1
 _P = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2^64
 _Q = pow(_P, -1, 1 << 64)
-_FMIX64 = (np.uint64(33), np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53))
+# MurmurHash3's finalisers: (shift, multiplier, shift, multiplier, shift), one dtype each.
+FMIX32 = tuple(np.uint32(v) for v in (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16))
+FMIX64 = tuple(np.uint64(v) for v in (33, 0xFF51AFD7ED558CCD, 33, 0xC4CEB9FE1A85EC53, 33))
 _powers_lock = threading.Lock()
 _powers: dict[int, np.ndarray] = {}
 
@@ -333,14 +350,19 @@ def _power_table(base: int, size: int) -> np.ndarray:
         return table[:size]
 
 
-def fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser: spreads the polynomial hash over all bits."""
-    s, m1, m2 = _FMIX64
-    h = h ^ (h >> s)
+def fmix(h: np.ndarray, constants: tuple[np.integer, ...]) -> np.ndarray:
+    """A MurmurHash3 finaliser (`FMIX32` or `FMIX64`): spreads a hash over all its bits."""
+    s1, m1, s2, m2, s3 = constants
+    h = h ^ (h >> s1)
     h = h * m1
-    h = h ^ (h >> s)
+    h = h ^ (h >> s2)
     h = h * m2
-    return h ^ (h >> s)
+    return h ^ (h >> s3)
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """The 64-bit finaliser: spreads the polynomial hash over all bits."""
+    return fmix(h, FMIX64)
 
 
 def span_hashes(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:

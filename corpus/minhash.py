@@ -7,7 +7,7 @@ then permuted by a*h+b mod 2^32 and the minimum kept), and the band/row split is
 weights). Row i of `signatures(texts)` equals `MinHash(num_perm, seed, hashfunc=H).hashvalues`
 after `update`-ing it with each shingle of text i, where H is:
 
-- `"poly"` (default): `filters.text.poly_hash32`, a 64-bit polynomial hash whose values for all
+- `"poly"` (default): `corpus.text.poly_hash32`, a 64-bit polynomial hash whose values for all
   shingles of a batch come from prefix sums over one byte buffer (a few numpy passes), or
 - `"sha1"`: datasketch's own default `sha1_hash32` (exactly `MinHash(num_perm, seed)`), which
   needs one hashlib call per shingle and is therefore several times slower.
@@ -34,11 +34,10 @@ import pyarrow as pa
 
 from corpus.errors import KalmixError
 from corpus.executor import default_workers, spawn_context
-from filters.text import ngram_spans, shingle_text, span_hashes
+from corpus.text import FMIX32, fmix, fmix64, ngram_spans, shingle_text, span_hashes
 
 HashName = Literal["poly", "sha1"]
 HASHES: tuple[str, ...] = ("poly", "sha1")
-_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35))
 _EMPTY = np.uint32(0xFFFFFFFF)  # datasketch's initial value: the signature of an empty set
 _CHUNK_SHINGLES = 1 << 18  # shingles per permutation pass: the temporaries stay in cache
 
@@ -87,12 +86,7 @@ def lsh_params(
 
 
 def fmix32(h: np.ndarray) -> np.ndarray:
-    s1, m1, s2, m2 = _FMIX32
-    h = h ^ (h >> s1)
-    h = h * m1
-    h = h ^ (h >> s2)
-    h = h * m2
-    return h ^ (h >> s1)
+    return fmix(h, FMIX32)
 
 
 def _sha1_hashes(data: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -209,8 +203,6 @@ def _pool_map(
 
 def band_keys(sig: np.ndarray, band: int, rows: int) -> np.ndarray:
     """A 64-bit key per document for one band (its `rows` hash values mixed together)."""
-    from filters.text import fmix64
-
     key = np.full(sig.shape[0], np.uint64(band + 1), dtype=np.uint64)
     for col in range(band * rows, (band + 1) * rows):
         key = fmix64(key * np.uint64(0x9E3779B97F4A7C15) + sig[:, col].astype(np.uint64))

@@ -10,8 +10,7 @@ import pyarrow as pa
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-from corpus.sample import python_docs_records
-from filters.minhash import (
+from corpus.minhash import (
     MinHashConfig,
     MinHasher,
     candidate_pairs,
@@ -19,7 +18,8 @@ from filters.minhash import (
     lsh_params,
     signatures_parallel,
 )
-from filters.text import (
+from corpus.sample import python_docs_records
+from corpus.text import (
     ngram_spans,
     normalize,
     poly_hash32,

@@ -107,11 +107,11 @@ class Kalmix:
 
 
 def _datasets(ws: Path) -> list[dict]:
+    from catalog.db import Catalog
     from catalog.workspace import Workspace
 
     return (
-        Workspace.load(ws)
-        .catalog()
+        Catalog.open(Workspace.load(ws))
         .query(
             "SELECT name, task_type, latest_version, rows FROM datasets_view "
             "WHERE NOT is_eval ORDER BY name"
@@ -190,9 +190,10 @@ def curate(root: Path, base: Path, variant: str, skip: str | None) -> Path:
 
 def mixture(ws: Path, name: str, refs: list[str], budget: int, seed: int) -> str:
     """`name@vN` over the given dataset versions with the shared spec and this seed."""
+    from catalog.db import Catalog
     from catalog.workspace import Workspace
 
-    cat = Workspace.load(ws).catalog()
+    cat = Catalog.open(Workspace.load(ws))
     done = cat.query(
         "SELECT version FROM mixture_versions WHERE mixture = ? AND CAST(json_extract(spec, '$.seed') AS INTEGER) = ?",
         [name, seed],
@@ -210,9 +211,10 @@ def mixture(ws: Path, name: str, refs: list[str], budget: int, seed: int) -> str
 def train(ws: Path, mix: str, run: str, seed: int, extra: Sequence[str]) -> float:
     """Seconds to train `run` on `mix` (0 when it completed earlier; an unfinished one resumes)."""
     from catalog import runs
+    from catalog.db import Catalog
     from catalog.workspace import Workspace
 
-    existing = runs.get_run(Workspace.load(ws).catalog(), run)
+    existing = runs.get_run(Catalog.open(Workspace.load(ws)), run)
     if existing is not None and existing.status == "completed":
         return 0.0
     start = time.perf_counter()
@@ -228,10 +230,11 @@ def scores(
 ) -> dict[str, dict[str, tuple[str, float]]]:
     """run -> task -> (task type, main score averaged over language subsets); evaluates the
     targets that have no full-split scores yet, all in one `evaluate_many` call."""
+    from catalog.db import Catalog
     from catalog.workspace import Workspace
     from trainer.evaluation.run import EvalConfig, evaluate_many
 
-    cat = Workspace.load(ws).catalog()
+    cat = Catalog.open(Workspace.load(ws))
     names = names or [None] * len(targets)
     labels = [n or t for t, n in zip(targets, names, strict=True)]
     have = {

@@ -361,6 +361,23 @@ def _insert_dataset(con: duckdb.DuckDBPyConnection, info: DatasetInfo, columns: 
     )
 
 
+def fetch_version(
+    con, columns: str, *, table: str, key: str, name: str, version: int | None
+) -> tuple[tuple | None, list[int]]:
+    """`columns` of one version of `name` in a versions table (`dataset_versions`,
+    `mixture_versions`; the latest when `version` is None), and, when there is no such row,
+    the versions that do exist, for the error the caller raises."""
+    sql = f"SELECT {columns} FROM {table} WHERE {key} = ? "
+    if version is None:
+        row = fetch_one(con, sql + "ORDER BY version DESC LIMIT 1", [name])
+    else:
+        row = fetch_one(con, sql + "AND version = ?", [name, version])
+    if row is not None:
+        return row, []
+    existing = con.execute(f"SELECT version FROM {table} WHERE {key} = ? ORDER BY 1", [name])
+    return None, [r[0] for r in existing.fetchall()]
+
+
 def resolve(cat: Catalog, ref: VersionRef | str) -> VersionInfo:
     """The version a reference names (latest if unversioned), or a clear error."""
     if isinstance(ref, str):
@@ -375,25 +392,18 @@ def resolve(cat: Catalog, ref: VersionRef | str) -> VersionInfo:
                 f"unknown dataset {ref.dataset!r}{suggest(ref.dataset, names)} "
                 "(list them with: kalmix catalog datasets)"
             )
-        sql = (
-            "SELECT version, path, files, rows, content_hash, operation, params, stats, "
-            "parent_dataset, parent_version FROM dataset_versions WHERE dataset = ? "
+        row, existing = fetch_version(
+            con,
+            "version, path, files, rows, content_hash, operation, params, stats, "
+            "parent_dataset, parent_version",
+            table="dataset_versions",
+            key="dataset",
+            name=ref.dataset,
+            version=ref.version,
         )
-        if ref.version is None:
-            row = fetch_one(con, sql + "ORDER BY version DESC LIMIT 1", [ref.dataset])
-        else:
-            row = fetch_one(con, sql + "AND version = ?", [ref.dataset, ref.version])
         if row is None:
-            versions = [
-                f"v{r[0]}"
-                for r in con.execute(
-                    "SELECT version FROM dataset_versions WHERE dataset = ? ORDER BY 1",
-                    [ref.dataset],
-                ).fetchall()
-            ]
-            raise KalmixError(
-                f"{ref} does not exist; {ref.dataset} has versions: {', '.join(versions) or 'none'}"
-            )
+            versions = ", ".join(f"v{v}" for v in existing) or "none"
+            raise KalmixError(f"{ref} does not exist; {ref.dataset} has versions: {versions}")
     version, path, files, rows, chash, operation, params, stats, pdataset, pversion = row
     root = cat.workspace.locate(path)
     return VersionInfo(

@@ -204,22 +204,16 @@ def resolve_mixture(cat: Catalog, ref: str | MixtureRef) -> MixtureVersion:
     """The version a reference names (latest if unversioned), or an error naming what exists."""
     if isinstance(ref, str):
         ref = MixtureRef.parse(ref)
-    sql = (
-        "SELECT version, spec, manifest, ids_path, rows, content_hash, created_at "
-        "FROM mixture_versions WHERE mixture = ? "
-    )
     with cat.read() as con:
-        if ref.version is None:
-            row = fetch_one(con, sql + "ORDER BY version DESC LIMIT 1", [ref.name])
-        else:
-            row = fetch_one(con, sql + "AND version = ?", [ref.name, ref.version])
+        row, existing = versions.fetch_version(
+            con,
+            "version, spec, manifest, ids_path, rows, content_hash, created_at",
+            table="mixture_versions",
+            key="mixture",
+            name=ref.name,
+            version=ref.version,
+        )
         if row is None:
-            existing = [
-                r[0]
-                for r in con.execute(
-                    "SELECT version FROM mixture_versions WHERE mixture = ? ORDER BY 1", [ref.name]
-                ).fetchall()
-            ]
             names = [r[0] for r in con.execute("SELECT name FROM mixtures").fetchall()]
     if row is None:
         if existing:

@@ -165,6 +165,12 @@ def mine(
     ),
     pool: list[str] = typer.Option([], "--pool", help=POOL_HELP),
     instructions: bool = typer.Option(False, "--instructions", help=INSTRUCTIONS_HELP),
+    cross_lingual: bool = typer.Option(
+        False,
+        "--cross-lingual",
+        help="Let a query get negatives in other languages. Default: only texts of its own "
+        "language (records' `language`; unknown languages exclude nothing).",
+    ),
     index: str = typer.Option(
         "exact",
         "--index",
@@ -180,12 +186,14 @@ def mine(
     --pool datasets), skipping the positive, the query itself and near-duplicates of the
     positive; candidates scoring too close to the positive are dropped (--margin, --relative);
     --negatives of the rest are sampled from --range with --seed. They replace `negatives`;
-    `meta.mining` keeps their scores and ranks. Defaults: 7 negatives (KaLM-Embedding), window
-    10:100, margin 0.1.
+    `meta.mining` keeps their scores and ranks. A query only gets texts of its own language
+    (the records' `language`, --pool datasets' too; where either is unknown, language excludes
+    nothing), unless --cross-lingual. Defaults: 7 negatives (KaLM-Embedding), window 10:100,
+    margin 0.1.
 
     Example: kalmix mine faq --negatives 7 --range 10:100 --margin 0.1
     """
-    from filters.mining import HardNegativeMiner, MiningConfig, parse_range
+    from filters.mining import HardNegativeMiner, MiningConfig, parse_range, pool_candidates
     from filters.topk import BACKENDS
     from kalmix.pipeline import apply
 
@@ -202,13 +210,18 @@ def mine(
         seed=seed,
         instructions=instructions,
         backend=index,
+        cross_lingual=cross_lingual,
     )
     ws = Workspace.resolve()
     cat = Catalog.open(ws)
     source = _pair_source(cat, ref, "hard-negative mining")
     embedder = _embedder(ws, model, batch_size)
     teacher_embedder = _embedder(ws, teacher, batch_size) if teacher else None
-    op = HardNegativeMiner(embedder, config, _pool_texts(cat, pool), teacher_embedder, True)
+    columns = ["positive", "negatives", "language"]
+    texts, languages = pool_candidates([versions.resolve(cat, r).read(columns) for r in pool])
+    op = HardNegativeMiner(
+        embedder, config, texts, teacher_embedder, True, pool_languages=languages
+    )
     report = apply(cat, source, op, operation="mine", params={**op.params(), "pool": pool})
     console.print(report.line())
     s = report.stats
@@ -216,7 +229,12 @@ def mine(
         f"  mined {s['mined']:,} negatives from a pool of {s['pool']:,}; {s['rows_short']:,} "
         f"rows got fewer than {negatives}; guard dropped {s['dropped_by_guard']:,} and "
         f"near-duplicate test {s['dropped_near_duplicate']:,} of {s['window_candidates']:,} "
-        "window candidates"
+        "window candidates; "
+        + (
+            "other languages allowed (--cross-lingual)"
+            if s["cross_lingual"]
+            else f"{s['cross_lingual_skipped']:,} other-language candidates skipped"
+        )
     )
 
 

@@ -1,6 +1,6 @@
 """Entry point of `streamlit run`: finds the workspace, then runs the chosen page.
 
-The workspace comes from `KALMIX_HOME` (set by `kalmix dashboard --workspace DIR`). If it is
+The workspace comes from `KALMIX_HOME` (set by `kalmix --workspace DIR dashboard`). If it is
 missing or unreadable the app says why and how to fix it instead of showing any page.
 
 The pages live in `views/`, not `pages/`: Streamlit auto-discovers a `pages/` folder beside

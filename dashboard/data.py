@@ -93,7 +93,7 @@ def problem(root: str) -> str | None:
     if not cat.path.exists():
         return (
             f"{root} has no catalog.duckdb yet. Create it with: kalmix init {root} "
-            f"(then restart: kalmix dashboard --workspace {root})"
+            f"(then restart: kalmix --workspace {root} dashboard)"
         )
     with cat.read() as con:
         version = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
@@ -101,7 +101,7 @@ def problem(root: str) -> str | None:
     if version < LATEST_VERSION:
         return (
             f"the catalog in {root} is at schema version {version}, this kalmix needs "
-            f"{LATEST_VERSION}. Restart with `kalmix dashboard --workspace {root}`, which upgrades "
+            f"{LATEST_VERSION}. Restart with `kalmix --workspace {root} dashboard`, which upgrades "
             "it before the app opens (the app itself never writes)."
         )
     if version > LATEST_VERSION:

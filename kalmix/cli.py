@@ -1,4 +1,5 @@
-"""The `kalmix` console script: mounts each package's sub-app; handles errors in one place."""
+"""The `kalmix` console script: the root options, every command module mounted one way, and
+the one error printer (also what `python -m trainer` runs)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,20 @@ import typer
 from rich.markup import escape
 from typer._click import exceptions as click_errors  # Typer >= 0.25 vendors click
 
-from catalog.cli import app as catalog_app
-from catalog.cli_mix import app as mix_app
-from catalog.db import Catalog
-from catalog.workspace import Workspace
-from corpus.console import console, err_console
+from corpus.console import err_console
 from corpus.errors import KalmixError
-from dashboard.cli import dashboard as dashboard_command
-from kalmix.commands import clean
-from kalmix.commands.corpora import app as corpora_app
-from kalmix.commands.embed import mount as mount_embedding_commands
-from kalmix.commands.synth import app as synth_app
-from trainer.cli import soup as soup_command
-from trainer.cli import train as train_command
-from trainer.cli_eval import app as eval_app
+from kalmix.commands import (
+    catalog,
+    clean,
+    corpora,
+    dashboard,
+    embed,
+    eval,
+    mix,
+    synth,
+    train,
+    workspace,
+)
 
 app = typer.Typer(
     name="kalmix",
@@ -47,107 +48,15 @@ def root(
         os.environ["KALMIX_HOME"] = str(workspace)
 
 
-@app.command()
-def init(
-    path: Path = typer.Argument(..., help="Folder to create (or complete)."),
-    data: str = typer.Option(
-        None,
-        "--data",
-        help="Where dataset versions go: a folder, or a pyarrow/fsspec URI such as "
-        "s3://bucket/prefix that Ray workers on other machines can reach (default: PATH/data; "
-        "sets [storage] data in kalmix.toml).",
-    ),
-) -> None:
-    """Create a workspace: catalog.duckdb, data/, runs/, cache/ and kalmix.toml.
-
-    Example: kalmix init ws/ && export KALMIX_HOME=ws
-    """
-    ws = Workspace.init(path, data)
-    with Catalog.open(ws).read() as con:
-        n = con.execute("SELECT count(*) FROM categories").fetchall()[0][0]
-    where = "" if ws.data_root == ws.data_dir else f"; dataset versions in {ws.data_root}"
-    console.print(f"workspace ready at {ws.root} ({n} task categories{where})")
+# In pipeline order, which is the order `kalmix --help` lists them in.
+for module in (workspace, corpora, catalog, clean, embed, synth, mix, train, eval, dashboard):
+    module.register(app)
 
 
-@app.command()
-def ingest(
-    file: str = typer.Argument(
-        ...,
-        help="JSONL (.gz/.zst), Parquet, CSV/TSV, or a `datasets` save_to_disk folder; a file may "
-        "also be a URI (s3://bucket/faq.jsonl.gz, any pyarrow/fsspec filesystem).",
-    ),
-    name: str = typer.Option(
-        ..., "--name", help="Dataset name; an existing name gets a new version."
-    ),
-    category: str = typer.Option(
-        ..., "--category", help="Task category (kalmix catalog categories)."
-    ),
-    task_type: str = typer.Option(None, "--task-type", help="Default: the category's task type."),
-    mapping: str = typer.Option(
-        None, "--map", help="Record field = source column, e.g. query=question,positive=answer."
-    ),
-    language: str = typer.Option(
-        None, "--language", help="Language of rows without one (ISO 639-1)."
-    ),
-    fmt: str = typer.Option(
-        None, "--format", help="jsonl, parquet, csv, tsv or hf (default: from the name)."
-    ),
-    skip_invalid: bool = typer.Option(
-        False, "--skip-invalid", help="Skip malformed lines; their count goes in the stats."
-    ),
-    split: str = typer.Option(None, "--split", help="Split of a `datasets` DatasetDict folder."),
-    is_eval: bool = typer.Option(
-        False, "--eval", help="Mark as evaluation data (never mixed into training)."
-    ),
-) -> None:
-    """Ingest a file as a new immutable dataset version.
-
-    Columns are mapped to the record schema by common names (question/answer, sentence1/
-    sentence2, text/label, ...) or with --map; unmapped columns are kept in `meta`.
-
-    Example: kalmix ingest faq.jsonl --name faq --category faq-retrieval --map query=q,positive=a
-    """
-    from kalmix.ingest import ingest as run_ingest
-
-    cat = Catalog.open(Workspace.resolve())
-    with console.status(f"ingesting {file} ...") as status:
-        result = run_ingest(
-            cat,
-            file,
-            name=name,
-            category=category,
-            task_type=task_type,
-            mapping=mapping,
-            language=language,
-            fmt=fmt,
-            skip_invalid=skip_invalid,
-            split=split,
-            is_eval=is_eval,
-            progress=lambda rows: status.update(f"ingesting {file}: {rows:,} rows"),
-        )
-    skipped = f", {result.invalid} invalid skipped" if result.invalid else ""
-    console.print(
-        f"ingest: {file} -> {result.ref}: {result.rows:,} rows{skipped}; {result.seconds:.1f}s"
-    )
-
-
-# Mounted after init/ingest so that `kalmix --help` lists commands in pipeline order.
-app.add_typer(corpora_app, name="corpora")
-app.add_typer(catalog_app, name="catalog")
-clean.register(app)  # dedup, langid, decontaminate
-mount_embedding_commands(app)  # filter consistency, mine, semdedup
-app.add_typer(synth_app, name="synth")
-app.add_typer(mix_app, name="mix")
-app.command("train")(train_command)
-app.command("soup")(soup_command)
-app.add_typer(eval_app, name="eval")
-app.command("dashboard")(dashboard_command)
-
-
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
     """Entry point: expected errors print one line and exit 2; bugs keep their traceback."""
     try:
-        app(standalone_mode=False)
+        app(args=args, standalone_mode=False)
     except KalmixError as err:
         err_console.print(f"[red]error:[/] {escape(str(err))}")
         sys.exit(2)

@@ -54,8 +54,9 @@ def cli():
     runner = CliRunner()
 
     def run(*args: str):
-        result = runner.invoke(app, list(args), catch_exceptions=True)
-        return result
+        # `--workspace` sets KALMIX_HOME for the commands; naming it here restores it after.
+        keep = {"KALMIX_HOME": os.environ.get("KALMIX_HOME")}
+        return runner.invoke(app, list(args), catch_exceptions=True, env=keep)
 
     return run
 

@@ -22,6 +22,7 @@ from catalog.workspace import Workspace
 from corpus import corpora
 from corpus.console import console, print_json
 from corpus.corpora.common import ROOT_ENV, rerooted, system_root
+from kalmix.commands.options import JSON
 from kalmix.ingest import IngestResult, ingest_tables
 
 # The listing keeps identifiers on one line and wraps only free text, so it fits 140 columns.
@@ -34,6 +35,11 @@ app = typer.Typer(
     "package descriptions, Python docstrings) as datasets.",
     no_args_is_help=True,
 )
+
+
+def register(root: typer.Typer) -> None:
+    """Add the `corpora` group to the `kalmix` app."""
+    root.add_typer(app, name="corpora")
 
 
 def describe(corpus: corpora.Corpus, count_rows: bool = True) -> dict[str, Any]:
@@ -95,7 +101,7 @@ def add_corpus(
 
 @app.command("list")
 def list_corpora(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = JSON,
 ) -> None:
     """List the raw corpora: task type, category, languages, licence, package, installed?
 

@@ -329,7 +329,7 @@ def semdedup(
     )
 
 
-def mount(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> None:
     """Add these commands to the `kalmix` app: `filter consistency`, `mine`, `semdedup`."""
     app.add_typer(filter_app, name="filter")
     app.command("mine")(mine)

@@ -6,10 +6,7 @@ Only the CLI lives here: the shared backend, sampling and executor options becom
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from catalog.workspace import Workspace
 from corpus.console import console
 from corpus.errors import KalmixError
 from corpus.executor import check_executor, executor_help
+from kalmix.commands.options import grouped, split_list
 from kalmix.pipeline import StepReport
 from kalmix.synthesis import RETRIEVAL_FORMS, SynthSettings, run_generate, run_personas
 from synth.backends import BACKENDS, BackendConfig, SamplingParams
@@ -30,6 +28,11 @@ app = typer.Typer(
     help="Persona-driven synthesis: personas from corpus text, then task examples as JSON.",
     no_args_is_help=True,
 )
+
+
+def register(root: typer.Typer) -> None:
+    """Add the `synth` group to the `kalmix` app."""
+    root.add_typer(app, name="synth")
 
 
 SYNTH_EXECUTORS = ("inline", "ray")  # generation is not split over local processes
@@ -100,8 +103,8 @@ GPUS = typer.Option(
 TP = typer.Option(1, "--tensor-parallel-size", help="vllm: GPUs per engine.")
 
 
-# Each shared option: (the parameter's type, its typer.Option). `_with_backend_options` adds
-# them to a command's signature and hands the command one `SynthSettings` instead.
+# Each shared option: (the parameter's type, its typer.Option). `grouped` adds them to both
+# commands' signatures; `_settings` turns their values into one `SynthSettings`.
 SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "backend": (str, BACKEND),
     "model": (str, MODEL),
@@ -123,28 +126,6 @@ SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "gpus_per_actor": (float, GPUS),
     "tensor_parallel_size": (int, TP),
 }
-
-
-def _with_backend_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give `command` the shared backend, sampling and executor options; it receives them as
-    one `settings: SynthSettings` (built with its own `max_tokens`)."""
-    own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
-        for name, (kind, option) in SHARED_OPTIONS.items()
-    ]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        options = {name: kwargs.pop(name) for name in SHARED_OPTIONS}
-        command(**kwargs, settings=_settings(max_tokens=kwargs["max_tokens"], **options))
-
-    wrapper.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {
-        **{p.name: p.annotation for p in own},
-        **{name: kind for name, (kind, _) in SHARED_OPTIONS.items()},
-    }
-    return wrapper
 
 
 def _settings(
@@ -216,7 +197,7 @@ def _print_report(report: StepReport) -> None:
 
 
 @app.command()
-@_with_backend_options
+@grouped(SHARED_OPTIONS, into="shared")
 def personas(
     corpus: str = typer.Argument(..., help="Corpus dataset NAME or NAME@vN to sample text from."),
     n: int = typer.Option(2000, "--n", help="Passages to sample (one persona each)."),
@@ -226,7 +207,7 @@ def personas(
     ),
     max_tokens: int = typer.Option(64, "--max-tokens", help="Tokens per persona answer."),
     templates: Path = TEMPLATES,
-    settings: SynthSettings = None,  # type: ignore[assignment]  # filled by _with_backend_options
+    shared: dict[str, Any] = None,  # type: ignore[assignment]  # filled by @grouped
 ) -> None:
     """Infer personas ("who would read or write this?") from sampled corpus passages.
 
@@ -236,6 +217,7 @@ def personas(
 
     Example: kalmix synth personas faq --n 200 --backend transformers
     """
+    settings = _settings(max_tokens=max_tokens, **shared)
     report = run_personas(
         Catalog.open(Workspace.resolve()),
         corpus,
@@ -250,7 +232,7 @@ def personas(
 
 
 @app.command()
-@_with_backend_options
+@grouped(SHARED_OPTIONS, into="shared")
 def generate(
     personas_ref: str = typer.Option(..., "--personas", help="Personas dataset NAME or NAME@vN."),
     task_types: str = typer.Option(
@@ -271,7 +253,7 @@ def generate(
     ),
     max_tokens: int = typer.Option(384, "--max-tokens", help="Tokens per LLM answer."),
     templates: Path = TEMPLATES,
-    settings: SynthSettings = None,  # type: ignore[assignment]  # filled by _with_backend_options
+    shared: dict[str, Any] = None,  # type: ignore[assignment]  # filled by @grouped
 ) -> None:
     """Write training examples: persona -> task description -> one JSON example per job.
 
@@ -282,8 +264,9 @@ def generate(
 
     Example: kalmix synth generate --personas faq-personas --task-types retrieval,sts --per-persona 2 --languages en,zh --name synth-v1
     """
+    settings = _settings(max_tokens=max_tokens, **shared)
     available = task_types_available(templates)
-    types = [t.strip() for t in task_types.split(",") if t.strip()]
+    types = list(split_list(task_types))
     unknown = [t for t in types if t not in available]
     if unknown:
         raise KalmixError(
@@ -294,10 +277,10 @@ def generate(
         personas_ref,
         task_types=types,
         per_persona=per_persona,
-        languages=[c.strip() for c in languages.split(",") if c.strip()],
+        languages=list(split_list(languages)),
         name=name,
         settings=settings,
-        retrieval_forms=[f.strip() for f in retrieval_forms.split(",") if f.strip()],
+        retrieval_forms=list(split_list(retrieval_forms)),
         templates=templates,
     )
     _print_report(report)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from catalog.db import Catalog
-from dashboard.cli import streamlit_command
+from dashboard.server import streamlit_command
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

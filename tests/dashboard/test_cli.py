@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dashboard import auth
-from dashboard import cli as dashboard_cli
+from dashboard import server as dashboard_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def _start(tmp_path: Path, ws_root: Path, *args: str) -> tuple[subprocess.Popen,
     out = tmp_path / "out.txt"
     with open(out, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kalmix", "dashboard", "--workspace", str(ws_root), *args],
+            [sys.executable, "-m", "kalmix", "--workspace", str(ws_root), "dashboard", *args],
             stdin=subprocess.DEVNULL,
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -135,8 +135,8 @@ def test_dashboard_hands_the_token_to_the_app_only_off_loopback(dashboard_ws, cl
         def wait(self, timeout=None):
             return 0
 
-    monkeypatch.setattr(dashboard_cli.subprocess, "Popen", Server)
-    monkeypatch.setattr(dashboard_cli, "can_open_browser", lambda: False)
+    monkeypatch.setattr(dashboard_server.subprocess, "Popen", Server)
+    monkeypatch.setattr(dashboard_server, "can_open_browser", lambda: False)
     monkeypatch.setenv(auth.TOKEN_ENV, "")
     ws = str(dashboard_ws.root)
     port = str(_free_port())
@@ -146,7 +146,7 @@ def test_dashboard_hands_the_token_to_the_app_only_off_loopback(dashboard_ws, cl
         ["--host", "0.0.0.0", "--token", "mine"],
         ["--token", "mine"],
     ):
-        result = cli("dashboard", "--workspace", ws, "--port", port, *args)
+        result = cli("--workspace", ws, "dashboard", "--port", port, *args)
         assert result.exit_code == 0, result.output
     plain, generated, given, loopback_given = started
     for run in started:
@@ -156,5 +156,5 @@ def test_dashboard_hands_the_token_to_the_app_only_off_loopback(dashboard_ws, cl
     assert auth.TOKEN_ENV not in plain["env"]
     assert len(generated["env"][auth.TOKEN_ENV]) >= 32
     assert given["env"][auth.TOKEN_ENV] == "mine" == loopback_given["env"][auth.TOKEN_ENV]
-    empty = cli("dashboard", "--workspace", ws, "--port", port, "--token", " ")
+    empty = cli("--workspace", ws, "dashboard", "--port", port, "--token", " ")
     assert empty.exit_code != 0 and "must not be empty" in str(empty.exception)

@@ -339,7 +339,7 @@ def test_dashboard_command_refuses_a_busy_port(dashboard_ws, cli):
         busy.bind(("localhost", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = cli("dashboard", "--workspace", str(dashboard_ws.root), "--port", str(port))
+        result = cli("--workspace", str(dashboard_ws.root), "dashboard", "--port", str(port))
     assert result.exit_code != 0 and "in use" in str(result.exception)
     assert "Example: kalmix dashboard" in cli("dashboard", "--help").output
 

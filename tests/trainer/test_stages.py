@@ -120,8 +120,8 @@ def test_soup_averages_same_architecture_runs_and_refuses_others(env, tmp_path, 
         cfg=TrainConfig(base=env.bert, **FAST, max_steps=1, seed=7, lr=1e-3),
     )
     result = cli(
-        "soup", "staged", "other-seed", "--weights", "3,1", "--out-run", "soup",
-        "-w", str(env.ws.root),
+        "-w", str(env.ws.root), "soup", "staged", "other-seed", "--weights", "3,1",
+        "--out-run", "soup",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     info = runs.get_run(env.cat, "soup")

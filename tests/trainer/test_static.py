@@ -208,7 +208,7 @@ def test_options_that_do_not_apply_are_one_line_errors(env, cli):
         (("--arch", "nope"), "arch 'nope'"),
         (("--arch", "static", "--init", "magic"), "init 'magic'"),
     ]:
-        result = cli("train", env.mix, "--out-run", "s-bad", *args, *ws)
+        result = cli(*ws, "train", env.mix, "--out-run", "s-bad", *args)
         assert isinstance(result.exception, KalmixError), (args, result.output)
         assert message in str(result.exception) and "\n" not in str(result.exception)
     assert runs.get_run(env.cat, "s-bad") is None
@@ -218,8 +218,8 @@ def test_options_that_do_not_apply_are_one_line_errors(env, cli):
 
 def test_cli_trains_a_static_model(env, cli):
     result = cli(
-        "train", env.mix, "--arch", "static", "--out-run", "s-cli", "--dims", "32",
-        "--batch-size", "8", "--max-steps", "2", "-w", str(env.ws.root),
+        "-w", str(env.ws.root), "train", env.mix, "--arch", "static", "--out-run", "s-cli",
+        "--dims", "32", "--batch-size", "8", "--max-steps", "2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     info = runs.get_run(env.cat, "s-cli")

@@ -148,14 +148,14 @@ def test_bad_input_is_refused_before_a_run_row_is_written(env, tmp_path, cli):
     with pytest.raises(KalmixError, match="nothing to resume"):
         train(env.ws, run_name="bad", resume=True)
     result = cli(
-        "train", env.mix, "--out-run", "via-cli", "--base", env.decoder, "--batch-size", "8",
-        "--max-steps", "1", "--negatives", "1", "--max-length", "32", "-w", str(env.ws.root),
+        "-w", str(env.ws.root), "train", env.mix, "--out-run", "via-cli", "--base", env.decoder,
+        "--batch-size", "8", "--max-steps", "1", "--negatives", "1", "--max-length", "32",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert runs.get_run(env.cat, "via-cli").config["negatives_per_query"] == 1
-    again = cli("train", env.mix, "--out-run", "via-cli", "-w", str(env.ws.root))
+    again = cli("-w", str(env.ws.root), "train", env.mix, "--out-run", "via-cli")
     assert isinstance(again.exception, KalmixError) and "already exists" in str(again.exception)
-    resumed = cli("train", "--out-run", "via-cli", "--resume", "--lr", "1", "-w", str(env.ws.root))
+    resumed = cli("-w", str(env.ws.root), "train", "--out-run", "via-cli", "--resume", "--lr", "1")
     assert "saved settings; drop: lr" in str(resumed.exception)
     help_text = cli("train", "--help").output
     assert "Example: kalmix train" in help_text and "0.01" in help_text

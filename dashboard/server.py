@@ -1,6 +1,6 @@
-"""`kalmix dashboard`: open the Streamlit app on a workspace.
+"""Start the Streamlit app on a workspace: what `kalmix dashboard` runs.
 
-The command upgrades the catalog schema (a short write) before the app starts, because the
+`serve` upgrades the catalog schema (a short write) before the app starts, because the
 app itself only ever reads. Streamlit is started as `python -m streamlit run dashboard/app.py`
 with the workspace in `KALMIX_HOME`; it is imported only there, so `kalmix --help` stays fast.
 
@@ -23,8 +23,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-import typer
 
 from catalog.db import Catalog
 from catalog.workspace import Workspace
@@ -124,42 +122,8 @@ def _wait(server: subprocess.Popen) -> int:
             continue
 
 
-def dashboard(
-    workspace: Path = typer.Option(
-        None, "--workspace", "-w", help="Workspace folder (default: $KALMIX_HOME or the current)."
-    ),
-    port: int = typer.Option(8501, "--port", "-p", help="Port to serve on."),
-    host: str = typer.Option(
-        "localhost",
-        "--host",
-        help="Address to listen on. Any address but loopback (e.g. 0.0.0.0, to reach it from "
-        "elsewhere) requires a token.",
-    ),
-    no_browser: bool = typer.Option(
-        False,
-        "--no-browser",
-        "--headless",
-        help="Do not open a browser (on a server, or over SSH). The server never prompts "
-        "either way.",
-    ),
-    token: str = typer.Option(
-        None,
-        "--token",
-        envvar=TOKEN_ENV,
-        help="The token a browser session must present (?token=... or the sidebar) before it "
-        "may create mixtures or start training and evaluation. Default: generated when --host "
-        "is not a loopback address, none otherwise.",
-    ),
-) -> None:
-    """Open the dashboard: browse the catalog, build mixtures, run training, compare scores.
-
-    The app reads the catalog through short read-only connections, so it stays usable while
-    a training run or an ingest writes; writes (new mixtures, runs) are `kalmix` commands it
-    starts. Stop it with Ctrl-C; training runs it started keep going.
-
-    Example: kalmix dashboard --workspace ws/ --port 8501
-    """
-    ws = Workspace.resolve(workspace)
+def serve(ws: Workspace, *, port: int, host: str, no_browser: bool, token: str | None) -> None:
+    """Serve the app on `ws` until Ctrl-C (or the server exits); see the module docstring."""
     Catalog.open(ws)  # applies pending migrations now: the app never writes
     if token is not None and not token.strip():
         raise KalmixError("--token must not be empty (leave it out to have one generated)")

@@ -12,6 +12,7 @@ from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
+from kalmix.commands.options import JSON
 
 app = typer.Typer(
     help="Browse the catalog: task categories, datasets, versions and lineage.",
@@ -19,12 +20,17 @@ app = typer.Typer(
 )
 
 
+def register(root: typer.Typer) -> None:
+    """Add the `catalog` group to the `kalmix` app."""
+    root.add_typer(app, name="catalog")
+
+
 @app.command()
 def categories(
     task_type: str = typer.Option(
         None, "--task-type", "-t", help="Only this task type, e.g. retrieval."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = JSON,
 ) -> None:
     """List the task categories with their datasets and rows.
 
@@ -42,7 +48,7 @@ def datasets(
     where: str = typer.Option(
         None, "--where", help="SQL WHERE over the datasets view, e.g. \"language = 'zh'\"."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = JSON,
 ) -> None:
     """List datasets (latest versions), optionally filtered with SQL.
 
@@ -65,7 +71,7 @@ def datasets(
 def show(
     ref: str = typer.Argument(..., help="NAME or NAME@vN."),
     rows: int = typer.Option(3, "--rows", "-n", help="Sample rows to print."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    as_json: bool = JSON,
 ) -> None:
     """Show a dataset version: lineage, stats, removals by reason and sample rows.
 

@@ -18,6 +18,7 @@ from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
+from kalmix.commands.options import JSON, split_list
 
 HELP = """Evaluate with mteb; scores go to the catalog.
 
@@ -43,8 +44,9 @@ class EvalGroup(TyperGroup):
 app = typer.Typer(cls=EvalGroup, help=HELP, no_args_is_help=True)
 
 
-def _split(text: str | None) -> tuple[str, ...]:
-    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
+def register(root: typer.Typer) -> None:
+    """Add the `eval` group to the `kalmix` app."""
+    root.add_typer(app, name="eval")
 
 
 def _runs_matching(cat, patterns: tuple[str, ...]) -> list[str]:
@@ -97,7 +99,7 @@ def run(
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Encoding batch size."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: best available)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the score rows as JSON."),
+    as_json: bool = JSON,
 ) -> None:
     """Evaluate runs (their exported models) or model folders; record the scores.
 
@@ -113,8 +115,8 @@ def run(
     cat = Catalog.open(Workspace.resolve())
     config = EvalConfig(
         suite=suite,
-        tasks=_split(tasks),
-        subsets=_split(subsets) or None,
+        tasks=split_list(tasks),
+        subsets=split_list(subsets) or None,
         limit=limit,
         batch_size=batch_size,
         device=device,
@@ -149,7 +151,7 @@ def run(
 
 @app.command("list-tasks")
 def list_tasks(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = JSON,
 ) -> None:
     """List the local and official suites, and whether each task's data is here.
 
@@ -222,7 +224,7 @@ def compare(
         "--baseline",
         help="With --by-mixture: add each group's lift over this mixture, paired by seed.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_json: bool = JSON,
 ) -> None:
     """Table of runs, models and reference models x tasks, with means per task type.
 
@@ -236,7 +238,7 @@ def compare(
     from catalog.scores import compare_table, lift_table
 
     cat = Catalog.open(Workspace.resolve())
-    picked = _runs_matching(cat, _split(runs)) if runs else None
+    picked = _runs_matching(cat, split_list(runs)) if runs else None
     if baseline and not by_mixture:
         raise KalmixError("--baseline goes with --by-mixture")
     if by_mixture:
@@ -270,7 +272,7 @@ def compare(
         cat,
         runs=picked,
         include_reference=reference,
-        tasks=_split(tasks) or None,
+        tasks=split_list(tasks) or None,
         samples=samples,
     )
     if means:

@@ -16,11 +16,17 @@ from catalog.schema import DATASETS_VIEW_COLUMNS
 from catalog.workspace import Workspace
 from corpus.console import console, print_json, print_table, progress
 from corpus.errors import KalmixError
+from kalmix.commands.options import JSON
 
 app = typer.Typer(
     help="Versioned data mixtures: datasets chosen by a catalog query, weighted, capped, frozen.",
     no_args_is_help=True,
 )
+
+
+def register(root: typer.Typer) -> None:
+    """Add the `mix` group to the `kalmix` app."""
+    root.add_typer(app, name="mix")
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
@@ -83,7 +89,7 @@ def create(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the manifest that would be made; write nothing."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    as_json: bool = JSON,
 ) -> None:
     """Resolve a spec to a manifest, sample the rows and register NAME@vN (immutable).
 
@@ -186,7 +192,7 @@ _BY = ("task_type", "category", "language")
 
 
 @app.command("list")
-def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def list_(as_json: bool = JSON) -> None:
     """List mixtures with their number of versions and the latest version's size.
 
     Example: kalmix mix list
@@ -203,7 +209,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> 
 @app.command()
 def show(
     ref: str = typer.Argument(..., help="NAME (latest version) or NAME@vN."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    as_json: bool = JSON,
 ) -> None:
     """Show a mixture version: spec, manifest, and composition by task type, category, language.
 
@@ -228,7 +234,7 @@ def show(
 def diff(
     a: str = typer.Argument(..., help="First mixture, NAME@vN."),
     b: str = typer.Argument(..., help="Second mixture, NAME@vN."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = JSON,
     all_rows: bool = typer.Option(False, "--all", help="Also list unchanged datasets."),
 ) -> None:
     """Compare two mixture versions: datasets added and removed, version and row changes.

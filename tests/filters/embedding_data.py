@@ -84,3 +84,33 @@ def stsb_dev(shared_data: Path) -> tuple[tuple[str, str, float], ...]:
             (r["sentence1"].strip(), r["sentence2"].strip(), float(r["score"]))
             for r in csv.DictReader(fh)
         )
+
+
+@functools.cache
+def stsb_mixed_pairs(
+    shared_data: Path, languages: tuple[str, ...] = ("en", "de", "fr"), rows: int = 90
+) -> pa.Table:
+    """A mixed-language retrieval pool: STS-B dev pairs scored >= 4 as (query, positive).
+
+    Row i of the dev set goes to language i mod len(languages) (no sentence is in the pool in
+    two languages, the topics are spread over them); `language` says which.
+    """
+    per_language = {}
+    for lang in languages:
+        with open(shared_data / "stsb" / f"{lang}-dev.csv", newline="", encoding="utf-8") as fh:
+            per_language[lang] = list(csv.DictReader(fh))
+    query, positive, language = [], [], []
+    for i, row in enumerate(per_language[languages[0]]):
+        lang = languages[i % len(languages)]
+        r = per_language[lang][i]
+        s1, s2 = r["sentence1"].strip(), r["sentence2"].strip()
+        if float(row["score"]) >= 4 and s1 != s2:
+            query.append(s1)
+            positive.append(s2)
+            language.append(lang)
+        if len(query) == rows:
+            break
+    table = records(query, positive, source="stsb-mixed")
+    return table.set_column(
+        table.schema.get_field_index("language"), "language", pa.array(language, pa.string())
+    )

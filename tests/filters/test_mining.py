@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from catalog import versions
@@ -9,9 +10,22 @@ from catalog.versions import Commit, DatasetInfo
 from corpus.embedding import default_model_path
 from corpus.errors import KalmixError
 from corpus.schema import RECORD_SCHEMA
-from filters.mining import HardNegativeMiner, MiningConfig, parse_range
+from filters.consistency import embed_pairs
+from filters.mining import (
+    HardNegativeMiner,
+    MiningConfig,
+    language_key,
+    parse_range,
+    pool_candidates,
+)
+from filters.topk import topk
 from tests.conftest import write_jsonl
-from tests.filters.embedding_data import banking_pairs, records, session_embedder
+from tests.filters.embedding_data import (
+    banking_pairs,
+    records,
+    session_embedder,
+    stsb_mixed_pairs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +36,31 @@ def embedder(tmp_path_factory):
 @pytest.fixture
 def banking(shared_data):
     return banking_pairs(shared_data)
+
+
+@pytest.fixture
+def mixed(shared_data):
+    return stsb_mixed_pairs(shared_data)
+
+
+def _with_languages(table, languages):
+    column = table.schema.get_field_index("language")
+    return table.set_column(column, "language", pa.array(languages, pa.string()))
+
+
+def _language_of(table) -> dict[str, str | None]:
+    """The language of each positive (the pool's texts here)."""
+    positives, langs = table.column("positive").to_pylist(), table.column("language").to_pylist()
+    return dict(zip(positives, langs, strict=True))
+
+
+def _other_language(result, language_of: dict[str, str | None]) -> list[bool]:
+    """Per mined negative: is it known to be in another language than its row?"""
+    return [
+        language_of[neg] is not None and language_of[neg] != row["language"]
+        for row in result.table.to_pylist()
+        for neg in row["negatives"]
+    ]
 
 
 def _false_negative_share(table, result) -> float:
@@ -146,3 +185,144 @@ def test_cli_bad_input_is_one_clear_error_and_no_new_version(cli, cat, tmp_path)
         assert message in str(result.exception) and "\n" not in str(result.exception), args
     for name in ("faq", "void"):
         assert versions_of(cat, name).num_rows == 1
+
+
+HARD = {"start": 2, "end": 30}  # the 90-text mixed pool is small: a window of its hardest texts
+
+
+def test_negatives_stay_in_the_query_language_on_a_mixed_pool(mixed, embedder):
+    language_of = _language_of(mixed)
+    same = HardNegativeMiner(embedder, MiningConfig(**HARD))(mixed)
+    cross = HardNegativeMiner(embedder, MiningConfig(**HARD, cross_lingual=True))(mixed)
+    share_same = np.mean(_other_language(same, language_of))
+    share_cross = np.mean(_other_language(cross, language_of))
+    print(
+        f"\nSTS-B en/de/fr, {mixed.num_rows} pairs, 7 negatives from ranks 2:30: other-language "
+        f"negatives {share_cross:.1%} with --cross-lingual, {share_same:.1%} by default "
+        f"({same.stats['cross_lingual_skipped']} other-language window candidates skipped, "
+        f"{same.stats['rows_short']} rows short)"
+    )
+    assert share_same == 0 and share_cross > 0.2
+    assert same.stats["mined"] == cross.stats["mined"] == 7 * mixed.num_rows
+    assert same.stats["cross_lingual"] is False and cross.stats["cross_lingual"] is True
+    assert cross.stats["cross_lingual_skipped"] == 0
+    # the count: other-language texts in each row's window of the unrestricted ranking
+    pairs = embed_pairs(mixed, embedder)
+    hits = topk(pairs.query_vectors, pairs.pool_vectors, HARD["end"], exclude=pairs.exclude)
+    window = [[language_of[pairs.pool[i]] for i in row[HARD["start"] :]] for row in hits.indices]
+    expected = sum(
+        lang != row_lang
+        for langs, row_lang in zip(window, mixed.column("language").to_pylist(), strict=True)
+        for lang in langs
+    )
+    assert same.stats["cross_lingual_skipped"] == expected > 0
+    params = HardNegativeMiner(embedder, MiningConfig(cross_lingual=True)).params()
+    assert params["cross_lingual"] is True
+
+
+def test_each_language_is_mined_as_if_it_were_alone(mixed, embedder):
+    en = mixed.filter(pa.compute.equal(mixed.column("language"), "en"))
+    alone = HardNegativeMiner(embedder, MiningConfig(**HARD))(en)
+    together = HardNegativeMiner(embedder, MiningConfig(**HARD))(mixed)
+    rows = {r["id"]: r for r in together.table.to_pylist()}
+    for row in alone.table.to_pylist():
+        assert rows[row["id"]]["negatives"] == row["negatives"]
+        assert json.loads(rows[row["id"]]["meta"]) == json.loads(row["meta"])
+    assert alone.stats["cross_lingual_skipped"] == 0
+
+
+def test_one_language_mines_the_same_negatives_as_cross_lingual(banking, embedder):
+    table = banking.slice(0, 300)
+    default = HardNegativeMiner(embedder, MiningConfig(negatives=5, start=5, end=60))(table)
+    cross = HardNegativeMiner(
+        embedder, MiningConfig(negatives=5, start=5, end=60, cross_lingual=True)
+    )(table)
+    assert default.table.equals(cross.table)
+    assert default.stats["cross_lingual_skipped"] == 0
+    # unknown languages beside the one known one change nothing either
+    unknown = _with_languages(table, [None, "", "und", "EN-us"] * 75)
+    assert (
+        HardNegativeMiner(embedder, MiningConfig(negatives=5, start=5, end=60))(unknown)
+        .table.column("negatives")
+        .equals(default.table.column("negatives"))
+    )
+
+
+def test_unknown_languages_exclude_nothing(mixed, embedder):
+    langs = mixed.column("language").to_pylist()
+    language_of = _language_of(mixed)
+    # French rows lose their language: their queries may take anything, their texts go anywhere
+    blurred = _with_languages(mixed, [None if x == "fr" else x for x in langs])
+    result = HardNegativeMiner(embedder, MiningConfig(**HARD))(blurred)
+    got = {
+        (row["language"], language_of[neg])
+        for row in result.table.to_pylist()
+        for neg in row["negatives"]
+    }
+    assert ("en", "de") not in got and ("de", "en") not in got
+    assert ("en", "fr") in got and ("de", "fr") in got  # unknown texts are allowed
+    assert {(None, "en"), (None, "de")} & got  # unknown queries take other languages too
+    assert language_key("fr-CA") == "fr" and language_key(" mul ") is None
+    assert language_key("") is None and language_key(None) is None
+
+
+def test_pool_texts_carry_their_records_language(mixed, embedder):
+    lang = mixed.column("language")
+    en = mixed.filter(pa.compute.equal(lang, "en"))
+    others = mixed.filter(pa.compute.not_equal(lang, "en"))
+    texts, languages = pool_candidates([others])
+    assert len(texts) == others.num_rows and set(languages) == {"de", "fr"}
+    from_pool = set(texts)
+    default = HardNegativeMiner(embedder, MiningConfig(**HARD), texts, pool_languages=languages)(en)
+    assert not {n for negs in default.table.column("negatives").to_pylist() for n in negs} & (
+        from_pool
+    )
+    assert default.stats["cross_lingual_skipped"] > 0
+    # without their languages the pool texts are unknown, and so allowed
+    unknown = HardNegativeMiner(embedder, MiningConfig(**HARD), texts)(en)
+    assert {n for negs in unknown.table.column("negatives").to_pylist() for n in negs} & from_pool
+    with pytest.raises(KalmixError, match="pool_languages has 1 entries"):
+        HardNegativeMiner(embedder, MiningConfig(**HARD), texts, pool_languages=["de"])(en)
+
+
+def test_cli_mines_in_the_query_language(cli, cat, tmp_path, mixed):
+    def ingest(name, table):
+        rows = [
+            {"question": r["query"], "answer": r["positive"], "language": r["language"]}
+            for r in table.to_pylist()
+        ]
+        src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        args = ("ingest", str(src), "--name", name, "--category", "faq-retrieval")
+        assert cli(*args).exit_code == 0
+
+    lang = mixed.column("language")
+    ingest("mixed", mixed)
+    ingest("others", mixed.filter(pa.compute.not_equal(lang, "en")))
+    ingest("en", mixed.filter(pa.compute.equal(lang, "en")))
+    language_of = _language_of(mixed)
+
+    result = cli("mine", "mixed", "--range", "2:30")
+    assert result.exit_code == 0, result.output
+    assert "other-language candidates skipped" in result.output
+    v2 = versions.resolve(cat, "mixed@v2")
+    assert v2.params["cross_lingual"] is False and v2.stats["operator"]["cross_lingual_skipped"] > 0
+    table = v2.read()
+    for row in table.to_pylist():
+        assert all(language_of[n] == row["language"] for n in row["negatives"])
+    result = cli("mine", "mixed@v1", "--range", "2:30", "--cross-lingual")
+    assert result.exit_code == 0, result.output
+    assert "other languages allowed (--cross-lingual)" in result.output
+    v3 = versions.resolve(cat, "mixed@v3")
+    assert v3.params["cross_lingual"] is True
+    rows = v3.read().to_pylist()
+    assert any(language_of[n] != r["language"] for r in rows for n in r["negatives"])
+
+    # --pool datasets: their texts carry their records' languages
+    result = cli("mine", "en", "--range", "2:30", "--pool", "others")
+    assert result.exit_code == 0, result.output
+    negatives = {
+        n
+        for negs in versions.resolve(cat, "en@v2").read().column("negatives").to_pylist()
+        for n in negs
+    }
+    assert negatives and all(language_of[n] == "en" for n in negatives)

@@ -18,6 +18,8 @@ from catalog.workspace import Workspace
 from corpus.console import console, progress
 from corpus.errors import KalmixError
 from corpus.executor import check_executor, executor_help
+from kalmix.commands.options import ACROSS, PRIORITY, numbers, split_list
+from kalmix.commands.options import priority as parse_priority
 from kalmix.pipeline import StepReport, apply, apply_across, select_versions
 
 
@@ -26,20 +28,6 @@ def register(app: typer.Typer) -> None:
     app.command("dedup")(dedup)
     app.command("langid")(langid)
     app.command("decontaminate")(decontaminate)
-
-
-def _names(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
-
-
-def _priority(spec: str | None) -> tuple[str, tuple[str, ...]]:
-    """`source=curated,web` -> ("source", ("curated", "web")); `dataset=` means `_dataset`."""
-    if not spec:
-        return "source", ()
-    if "=" not in spec:
-        raise KalmixError(f"--priority {spec!r} is not COLUMN=V1,V2 (e.g. source=curated,web)")
-    column, values = (s.strip() for s in spec.split("=", 1))
-    return ("_dataset" if column == "dataset" else column), _names(values)
 
 
 def _print(report: StepReport, keys: tuple[str, ...]) -> None:
@@ -51,12 +39,7 @@ def _print(report: StepReport, keys: tuple[str, ...]) -> None:
 
 def dedup(
     ref: str = typer.Argument(None, help="NAME or NAME@vN; leave out with --across."),
-    across: str = typer.Option(
-        None,
-        "--across",
-        help="SQL WHERE over the datasets view: dedup all those datasets together, e.g. "
-        "\"task_type = 'retrieval'\"; one new version per dataset that lost rows.",
-    ),
+    across: str = ACROSS,
     fields: str = typer.Option(
         "query,positive", "--fields", help="Text fields that make two records duplicates."
     ),
@@ -71,12 +54,7 @@ def dedup(
     prefer: str = typer.Option(
         "longest", "--prefer", help="Keeper of a cluster: longest (most text) or first (row order)."
     ),
-    priority: str = typer.Option(
-        None,
-        "--priority",
-        help="COLUMN=V1,V2: keep rows whose value comes first before the --prefer rule, e.g. "
-        "source=curated,web, or dataset=a,b with --across.",
-    ),
+    priority: str = PRIORITY,
     hash_name: str = typer.Option(
         "poly", "--hash", help="Shingle hash: poly (vectorised) or sha1 (datasketch's default)."
     ),
@@ -123,16 +101,12 @@ def dedup(
         raise KalmixError("give either a dataset (NAME or NAME@vN) or --across WHERE, not both")
     # Not row-local: "local" is this process with the signature pool, never shard by shard.
     run_on = "ray" if check_executor(executor) == "ray" else "inline"
-    weights = _names(lsh_weights)
-    try:
-        lsh = (float(weights[0]), float(weights[1])) if len(weights) == 2 else ()
-    except ValueError:
-        lsh = ()
-    if not lsh:
+    lsh = numbers(lsh_weights, "--lsh-weights")
+    if len(lsh) != 2:
         raise KalmixError(f"--lsh-weights {lsh_weights!r} is not two numbers, e.g. 0.1,0.9")
-    column, values = _priority(priority)
+    column, values = parse_priority(priority)
     config = DedupConfig(
-        fields=_names(fields),
+        fields=split_list(fields),
         threshold=threshold,
         num_perm=num_perm,
         ngram=ngram,
@@ -212,7 +186,7 @@ def langid(
     """
     from filters.langid import LangId, LangIdConfig, model_path
 
-    config = LangIdConfig(field=field, keep=_names(keep), min_score=min_score)
+    config = LangIdConfig(field=field, keep=split_list(keep), min_score=min_score)
     model_path()  # fail before reading any data if the model is missing
     cat = Catalog.open(Workspace.resolve())
     info = versions.resolve(cat, ref)
@@ -258,7 +232,7 @@ def decontaminate(
     from filters.decontaminate import Decontaminate, DecontaminateConfig
 
     config = DecontaminateConfig(
-        fields=_names(fields), ngram=ngram, threshold=threshold, min_words=min_words
+        fields=split_list(fields), ngram=ngram, threshold=threshold, min_words=min_words
     )
     cat = Catalog.open(Workspace.resolve())
     info = versions.resolve(cat, ref)

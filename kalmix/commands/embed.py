@@ -22,6 +22,8 @@ from catalog.db import Catalog
 from catalog.workspace import Workspace
 from corpus.console import console
 from corpus.errors import KalmixError
+from kalmix.commands.options import ACROSS, EMBED_BATCH, EMBED_MODEL, PRIORITY
+from kalmix.commands.options import priority as parse_priority
 
 if TYPE_CHECKING:
     from catalog.db import Catalog
@@ -32,12 +34,6 @@ filter_app = typer.Typer(
     no_args_is_help=True,
 )
 
-MODEL_HELP = (
-    "Embedding model folder (sentence-transformers, Hugging Face, or exported by kalmix train), "
-    "or minilm-static: all-MiniLM-L6-v2 distilled into a static token table (built once in the "
-    "workspace cache), ~60-90x faster on a CPU for 100k+ rows, STS-B 0.72 vs MiniLM's 0.82. "
-    "Default: embedder.model in kalmix.toml, else the bundled all-MiniLM-L6-v2."
-)
 POOL_HELP = (
     "Extra dataset(s) NAME[@vN] whose positives and negatives join the candidate pool "
     "(default pool: the dataset's own positives and negatives). Repeatable."
@@ -93,12 +89,10 @@ def consistency(
         help="Keep a pair when its positive ranks within the top K of the pool. Default 50: "
         "KaLM-Embedding's recipe.",
     ),
-    model: Path = typer.Option(None, "--model", help=MODEL_HELP),
+    model: Path = EMBED_MODEL,
     pool: list[str] = typer.Option([], "--pool", help=POOL_HELP),
     instructions: bool = typer.Option(False, "--instructions", help=INSTRUCTIONS_HELP),
-    batch_size: int = typer.Option(
-        0, "--batch-size", help="Texts per batch (default: kalmix.toml)."
-    ),
+    batch_size: int = EMBED_BATCH,
 ) -> None:
     """Ranking-consistency filter: drop (query, positive) pairs the model does not rank high.
 
@@ -156,7 +150,7 @@ def mine(
         0.95, "--near-dup", help="Skip candidates with this cosine or more to the positive."
     ),
     seed: int = typer.Option(0, "--seed", help="Sampling seed (same seed, same negatives)."),
-    model: Path = typer.Option(None, "--model", help=MODEL_HELP),
+    model: Path = EMBED_MODEL,
     teacher: Path = typer.Option(
         None,
         "--teacher",
@@ -176,9 +170,7 @@ def mine(
         "--index",
         help="exact (blocked top-k) or faiss (approximate HNSW; pip install 'kalmix[faiss]').",
     ),
-    batch_size: int = typer.Option(
-        0, "--batch-size", help="Texts per batch (default: kalmix.toml)."
-    ),
+    batch_size: int = EMBED_BATCH,
 ) -> None:
     """Hard-negative mining: retrieve, guard against false negatives, sample from a rank window.
 
@@ -252,14 +244,9 @@ def semdedup(
         "way: no unrelated and no more partly different merges than MiniLM at 0.85. Other "
         "models get 0.85: re-check it for them.",
     ),
-    model: Path = typer.Option(None, "--model", help=MODEL_HELP),
+    model: Path = EMBED_MODEL,
     seed: int = typer.Option(0, "--seed", help="k-means seed (same seed, same removals)."),
-    across: str = typer.Option(
-        None,
-        "--across",
-        help="Dedup across every dataset a WHERE over the datasets view selects; one new "
-        "version per dataset that lost rows.",
-    ),
+    across: str = ACROSS,
     route: str = typer.Option(
         "auto",
         "--route",
@@ -269,14 +256,8 @@ def semdedup(
     prefer: str = typer.Option(
         "longest", "--prefer", help="Keeper of a cluster: longest (query+positive) or first."
     ),
-    priority: str = typer.Option(
-        None,
-        "--priority",
-        help="Comma-separated `source` values whose rows win a cluster first, e.g. curated,web.",
-    ),
-    batch_size: int = typer.Option(
-        0, "--batch-size", help="Texts per batch (default: kalmix.toml)."
-    ),
+    priority: str = PRIORITY,
+    batch_size: int = EMBED_BATCH,
 ) -> None:
     """Semantic dedup: remove paraphrased duplicates by embedding cosine (SemDeDup).
 
@@ -300,9 +281,8 @@ def semdedup(
         raise KalmixError("give a dataset NAME[@vN] or --across WHERE (one of the two)")
     if prefer not in ("longest", "first"):
         raise KalmixError(f"--prefer must be longest or first, got {prefer!r}")
-    rule = KeeperRule(
-        prefer, priority=tuple(p.strip() for p in priority.split(",")) if priority else ()
-    )
+    column, values = parse_priority(priority)
+    rule = KeeperRule(prefer, priority=values, priority_column=column)
     config = SemDedupConfig(  # bad settings fail here, before the model loads
         field=field,
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,

@@ -8,12 +8,7 @@ from catalog import versions
 from corpus.errors import KalmixError
 from filters.consistency import ConsistencyConfig, ConsistencyFilter
 from tests.conftest import write_jsonl
-from tests.filters.embedding_data import records, session_embedder, stsb_dev
-
-
-@pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    return session_embedder(tmp_path_factory.getbasetemp())
+from tests.filters.embedding_data import records, stsb_dev
 
 
 def test_corrupted_pairs_are_removed_far_more_often_than_clean(shared_data, embedder):

@@ -7,7 +7,6 @@ import pytest
 from corpus.embedding import default_model_path
 from corpus.errors import KalmixError
 from filters.embedder import QUERY_TEMPLATE, Embedder
-from tests.filters.embedding_data import session_embedder
 
 TEXTS = [
     "How do I reset my card PIN?",
@@ -16,11 +15,6 @@ TEXTS = [
     "A much longer sentence about transferring money between two accounts at different banks.",
     "short",
 ]
-
-
-@pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    return session_embedder(tmp_path_factory.getbasetemp())
 
 
 def test_vectors_match_plain_sentence_transformers(embedder):

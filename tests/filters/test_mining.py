@@ -23,14 +23,8 @@ from tests.conftest import write_jsonl
 from tests.filters.embedding_data import (
     banking_pairs,
     records,
-    session_embedder,
     stsb_mixed_pairs,
 )
-
-
-@pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    return session_embedder(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture

@@ -17,12 +17,7 @@ from filters.semdedup import (
     pair_recall,
 )
 from tests.conftest import write_jsonl
-from tests.filters.embedding_data import banking_pairs, records, session_embedder, stsb_dev
-
-
-@pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    return session_embedder(tmp_path_factory.getbasetemp())
+from tests.filters.embedding_data import banking_pairs, records, stsb_dev
 
 
 @pytest.fixture

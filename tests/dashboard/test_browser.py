@@ -15,6 +15,7 @@ tracked files.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -288,6 +289,10 @@ def test_start_a_training_run_from_the_runs_page(browser, writable_server, fresh
     settle(page)
     dialog.get_by_role("button", name="Start kalmix train").click()
     page.get_by_role("heading", name="browser-run").wait_for(timeout=180_000)
+    # The caption under the curves names one of the new run's 3 steps (the workspace's other runs
+    # have 12 or 40): waiting for the plot alone can match the previous run's curve, still on
+    # screen while the page re-renders, before the new run has written a step.
+    page.get_by_text(re.compile(r"^step [1-3]: ")).wait_for(timeout=180_000)
     curve = page.locator(".js-plotly-plot", has_text="loss").first
     curve.wait_for(state="visible", timeout=180_000)
     no_exception(page)

@@ -9,11 +9,13 @@ import os
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from catalog.db import Catalog
 from catalog.workspace import Workspace
+from corpus.schema import attach_ids
 
 SHARED_DATA = Path(
     os.environ.get("KALMIX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -44,6 +46,32 @@ def shared_data() -> Path:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
+
+
+# What `record_table` fills in for a field it is not given.
+RECORD_DEFAULTS = {
+    "task_type": "retrieval",
+    "category": "faq-retrieval",
+    "instruction": None,
+    "positive": None,
+    "score": None,
+    "label": None,
+    "language": "en",
+    "source": "test",
+    "meta": "{}",
+}
+
+
+def record_table(queries: list[str], *, negatives: list[list[str]] | None = None, **fields):
+    """Records in the one schema (ids attached) with these queries: each other field is a list
+    (one value a row) or one value for every row, `RECORD_DEFAULTS` where not given."""
+    n = len(queries)
+    columns: dict = {"query": queries, "negatives": negatives or [[] for _ in range(n)]}
+    for name, default in RECORD_DEFAULTS.items():
+        value = fields.pop(name, default)
+        columns[name] = value if isinstance(value, list) else [value] * n
+    assert not fields, f"not record fields: {sorted(fields)}"
+    return attach_ids(pa.table(columns))
 
 
 @pytest.fixture

@@ -10,29 +10,14 @@ from catalog import queries, versions
 from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo, VersionRef
 from corpus.errors import KalmixError
-from corpus.schema import attach_ids
 from corpus.writer import write_table
 from kalmix.ingest import ingest
-from tests.conftest import write_jsonl
+from tests.conftest import record_table, write_jsonl
 
 
 def records(n: int, prefix: str = "q") -> pa.Table:
-    return attach_ids(
-        pa.table(
-            {
-                "task_type": ["retrieval"] * n,
-                "category": ["faq-retrieval"] * n,
-                "instruction": [None] * n,
-                "query": [f"{prefix} {i}" for i in range(n)],
-                "positive": [f"answer {i}" for i in range(n)],
-                "negatives": [[] for _ in range(n)],
-                "score": [None] * n,
-                "label": [None] * n,
-                "language": ["en"] * n,
-                "source": ["test"] * n,
-                "meta": ["{}"] * n,
-            }
-        )
+    return record_table(
+        [f"{prefix} {i}" for i in range(n)], positive=[f"answer {i}" for i in range(n)]
     )
 
 

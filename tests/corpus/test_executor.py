@@ -5,9 +5,9 @@ import pytest
 from catalog import versions
 from catalog.versions import Commit, DatasetInfo
 from corpus.operator import Operator, OpResult, split_by_mask
-from corpus.schema import attach_ids
 from corpus.writer import write_table
 from kalmix.pipeline import apply, run_operator
+from tests.conftest import record_table
 
 
 class DropSevens(Operator):
@@ -33,22 +33,8 @@ drop_sevens = DropSevens()
 @pytest.fixture
 def sharded(cat):
     n = 1000
-    table = attach_ids(
-        pa.table(
-            {
-                "task_type": ["retrieval"] * n,
-                "category": ["faq-retrieval"] * n,
-                "instruction": [None] * n,
-                "query": [f"question {i}" for i in range(n)],
-                "positive": [f"answer {i}" for i in range(n)],
-                "negatives": [[] for _ in range(n)],
-                "score": [None] * n,
-                "label": [None] * n,
-                "language": ["en"] * n,
-                "source": ["t"] * n,
-                "meta": ["{}"] * n,
-            }
-        )
+    table = record_table(
+        [f"question {i}" for i in range(n)], positive=[f"answer {i}" for i in range(n)]
     )
     with versions.staging(cat, "faq") as staged:
         write_table(staged.path, table, rows_per_shard=300)

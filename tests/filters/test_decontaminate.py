@@ -9,7 +9,6 @@ import pytest
 from catalog import versions
 from corpus.errors import KalmixError
 from corpus.sample import python_docs_records
-from corpus.schema import attach_ids
 from corpus.text import normalize
 from filters.decontaminate import (
     Decontaminate,
@@ -19,7 +18,7 @@ from filters.decontaminate import (
     items_from_table,
 )
 from kalmix.ingest import ingest
-from tests.conftest import write_jsonl
+from tests.conftest import record_table, write_jsonl
 
 
 def column(shared_data, name: str, col: str) -> list[str]:
@@ -42,24 +41,7 @@ def light_edit(text: str, rng: random.Random) -> str:
 
 
 def training_table(queries, positives, negatives):
-    n = len(queries)
-    return attach_ids(
-        pa.table(
-            {
-                "task_type": ["retrieval"] * n,
-                "category": ["faq-retrieval"] * n,
-                "instruction": [None] * n,
-                "query": queries,
-                "positive": positives,
-                "negatives": negatives,
-                "score": [None] * n,
-                "label": [None] * n,
-                "language": ["en"] * n,
-                "source": ["test"] * n,
-                "meta": ["{}"] * n,
-            }
-        )
-    )
+    return record_table(queries, positive=positives, negatives=negatives)
 
 
 def test_planted_stsb_and_banking77_items_removed_and_nothing_else(shared_data):

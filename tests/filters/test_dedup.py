@@ -11,35 +11,17 @@ from corpus.errors import KalmixError
 from corpus.executor import RayExecutor
 from corpus.operator import DATASET_COLUMN
 from corpus.sample import python_docs_records
-from corpus.schema import attach_ids
 from corpus.writer import write_table
 from filters.dedup import Dedup, DedupConfig, dedup_on_ray
 from filters.exact import exact_dedup
 from filters.langid import LangId, LangIdConfig
 from kalmix.ingest import ingest
 from kalmix.pipeline import run_operator
-from tests.conftest import write_jsonl
+from tests.conftest import record_table, write_jsonl
 
 
 def records(queries: list[str], positives: list[str | None] | None = None, source="web"):
-    n = len(queries)
-    return attach_ids(
-        pa.table(
-            {
-                "task_type": ["retrieval"] * n,
-                "category": ["faq-retrieval"] * n,
-                "instruction": [None] * n,
-                "query": queries,
-                "positive": positives or [None] * n,
-                "negatives": [[] for _ in range(n)],
-                "score": [None] * n,
-                "label": [None] * n,
-                "language": ["en"] * n,
-                "source": [source] * n,
-                "meta": ["{}"] * n,
-            }
-        )
-    )
+    return record_table(queries, positive=positives or None, source=source)
 
 
 def edit_words(text: str, rng: random.Random, k: int) -> str:

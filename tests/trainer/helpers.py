@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from catalog.workspace import Workspace
 from kalmix.ingest import ingest
+from trainer.config import TrainConfig
+from trainer.train import METRICS_FILE, train
 
 SAMPLE = Path(__file__).resolve().parents[2] / "corpus" / "sample"
 VOCAB = 8192
@@ -111,3 +115,33 @@ def tiny_bert(folder: Path) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+def metrics(run_path: Path) -> list[dict]:
+    """The per-step records a run wrote to its metrics.jsonl."""
+    return [json.loads(x) for x in (run_path / METRICS_FILE).read_text().splitlines()]
+
+
+def _rank_main(rank: int, port: int, ws_root: str, run: str, mixture: str, cfg: TrainConfig):
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    train(Workspace.load(Path(ws_root)), run_name=run, mixture=mixture, cfg=cfg)
+
+
+def train_two_processes(ws: Workspace, run: str, mixture: str, cfg: TrainConfig) -> None:
+    """`train` as two gloo processes on this machine, as torchrun starts them.
+
+    The processes are forked so they inherit the imported modules (a fresh interpreter spends
+    ~20 s importing transformers); torchrun runs the same `train` function in each process.
+    """
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(
+        _rank_main, args=(port, str(ws.root), run, mixture, cfg), nprocs=2, start_method="fork"
+    )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 
 from catalog.mixtures import ManifestEntry
 from corpus.errors import KalmixError
+from tests.conftest import record_table
 from trainer.config import TrainConfig
 from trainer.data import BatchSampler, build_sources, mixture_prompts
 
@@ -23,28 +23,14 @@ def records(
     scores=None,
     instruction=None,
 ):
-    n = len(queries)
-    return pa.table(
-        {
-            "task_type": [task_type] * n,
-            "instruction": [instruction] * n,
-            "query": queries,
-            "positive": positives or [None] * n,
-            "negatives": negatives or [[] for _ in range(n)],
-            "score": scores or [None] * n,
-            "label": labels or [None] * n,
-        },
-        schema=pa.schema(
-            [
-                ("task_type", pa.string()),
-                ("instruction", pa.string()),
-                ("query", pa.string()),
-                ("positive", pa.string()),
-                ("negatives", pa.list_(pa.string())),
-                ("score", pa.float64()),
-                ("label", pa.string()),
-            ]
-        ),
+    return record_table(
+        queries,
+        task_type=task_type,
+        positive=positives,
+        negatives=negatives,
+        label=labels,
+        score=scores,
+        instruction=instruction,
     )
 
 

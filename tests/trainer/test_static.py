@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ from catalog import runs
 from catalog.db import Catalog
 from corpus.errors import KalmixError
 from tests.conftest import SHARED_DATA
-from tests.trainer.helpers import tiny_decoder, training_workspace
+from tests.trainer.helpers import metrics, tiny_decoder, train_two_processes, training_workspace
 from trainer.checkpoint import list_checkpoints
 from trainer.config import ARCH_DEFAULTS, TrainConfig
 from trainer.data import BatchSampler, load_mixture
@@ -25,7 +24,7 @@ from trainer.distributed import Dist
 from trainer.model import default_base, load_model
 from trainer.static import StaticEmbedder, export_static, pack
 from trainer.step import Stepper, encode_batch
-from trainer.train import METRICS_FILE, train
+from trainer.train import train
 
 SMALL = {"batch_size": 8, "negatives_per_query": 2, "max_length": 48}
 
@@ -41,10 +40,6 @@ def env(tmp_path_factory):
         root=root,
         decoder=str(tiny_decoder(root / "qwen2")),
     )
-
-
-def metrics(run_path: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_path / METRICS_FILE).read_text().splitlines()]
 
 
 def table(model_path: Path) -> torch.Tensor:
@@ -267,31 +262,11 @@ def test_kept_gradient_buffer_equals_the_dense_gradient():
         assert torch.isclose(model.grad_norm, dense.weight.grad.norm(), atol=1e-6)
 
 
-def _rank_main(rank: int, port: int, ws_root: str, mixture: str, cfg: TrainConfig) -> None:
-    from catalog.workspace import Workspace
-
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    train(Workspace.load(Path(ws_root)), run_name="s-two", mixture=mixture, cfg=cfg)
-
-
 def test_two_gloo_processes_match_one_process(env):
     """Data parallel: the full candidate slots, a fully re-zeroed buffer and all-reduced
     gradients give the one-process run (float summation order aside)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
     cfg = TrainConfig(arch="static", **SMALL, max_steps=3)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(
-        _rank_main, args=(port, str(env.ws.root), env.mix, cfg), nprocs=2, start_method="fork"
-    )
+    train_two_processes(env.ws, "s-two", env.mix, cfg)
     one = train(env.ws, run_name="s-one", mixture=env.mix, cfg=cfg)
     two = runs.get_run(env.cat, "s-two")
     assert two.status == "completed" and two.summary["processes"] == 2

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from corpus.errors import KalmixError
+from tests.conftest import RECORD_DEFAULTS, record_table
 from trainer.config import TrainConfig
 from trainer.data import build_sources
 from trainer.loss import Mixing, distillation, info_nce, mix_negatives, truncate
@@ -136,22 +137,11 @@ def test_matryoshka_truncation_renormalises_the_leading_dims():
 
 
 def table(rows: list[dict]) -> pa.Table:
-    base = {"instruction": None, "positive": None, "negatives": [], "score": None, "label": None}
-    rows = [{**base, "meta": None, **r} for r in rows]
-    return pa.Table.from_pylist(
-        rows,
-        schema=pa.schema(
-            [
-                ("task_type", pa.string()),
-                ("instruction", pa.string()),
-                ("query", pa.string()),
-                ("positive", pa.string()),
-                ("negatives", pa.list_(pa.string())),
-                ("score", pa.float64()),
-                ("label", pa.string()),
-                ("meta", pa.string()),
-            ]
-        ),
+    given = {k for r in rows for k in r} - {"query", "negatives"}
+    return record_table(
+        [r["query"] for r in rows],
+        negatives=[r.get("negatives", []) for r in rows],
+        **{k: [r.get(k, RECORD_DEFAULTS[k]) for r in rows] for k in given},
     )
 
 

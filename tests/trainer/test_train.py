@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,12 +16,18 @@ from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from corpus.errors import KalmixError
 from kalmix.ingest import ingest
-from tests.trainer.helpers import tiny_bert, tiny_decoder, training_workspace
+from tests.trainer.helpers import (
+    metrics,
+    tiny_bert,
+    tiny_decoder,
+    train_two_processes,
+    training_workspace,
+)
 from trainer.checkpoint import list_checkpoints
 from trainer.config import TrainConfig
 from trainer.data import load_mixture
 from trainer.model import default_base
-from trainer.train import METRICS_FILE, train
+from trainer.train import train
 
 FAST = {"batch_size": 8, "chunk_size": 10, "negatives_per_query": 2, "max_length": 48}
 
@@ -39,10 +43,6 @@ def env(tmp_path_factory):
         bert=str(tiny_bert(root / "bert")),
         decoder=str(tiny_decoder(root / "qwen2")),
     )
-
-
-def metrics(run_path: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_path / METRICS_FILE).read_text().splitlines()]
 
 
 def weights(model_path: Path) -> dict[str, torch.Tensor]:
@@ -161,32 +161,10 @@ def test_bad_input_is_refused_before_a_run_row_is_written(env, tmp_path, cli):
     assert "Example: kalmix train" in help_text and "0.01" in help_text
 
 
-def _rank_main(rank: int, port: int, ws_root: str, mixture: str, cfg: TrainConfig) -> None:
-    from catalog.workspace import Workspace
-
-    torch.set_num_threads(1)
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    train(Workspace.load(Path(ws_root)), run_name="two", mixture=mixture, cfg=cfg)
-
-
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(env):
-    """Same global batch: per-step losses and final weights agree (float summation order aside).
-
-    The processes are forked so they inherit the imported modules (a fresh interpreter spends
-    ~20 s importing transformers); torchrun runs the same `train` function in each process.
-    """
-    import torch.multiprocessing as mp
-
+    """Same global batch: per-step losses and final weights agree (float summation order aside)."""
     cfg = TrainConfig(base=env.decoder, **FAST, max_steps=2, lr=1e-3)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(
-        _rank_main, args=(port, str(env.ws.root), env.mix, cfg), nprocs=2, start_method="fork"
-    )
+    train_two_processes(env.ws, "two", env.mix, cfg)
     one = train(env.ws, run_name="one", mixture=env.mix, cfg=cfg)
     two = runs.get_run(env.cat, "two")
     assert two.status == "completed" and two.summary["processes"] == 2

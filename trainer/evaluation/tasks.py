@@ -200,7 +200,17 @@ def _build_search(data_dir: Path, o: LoadOptions, rerank: bool) -> Any:
     return kalmix_task(kalmix_classes()[name], read, o.subsets)
 
 
-def _sts_pairs(name: str, rel: str, score: str, splits: list[str] | None = None):
+def _pairs_task(
+    name: str,
+    description: str,
+    rel: str,
+    score: str,
+    *,
+    splits: list[str] | None = None,
+    mteb_defined: bool = True,
+) -> LocalTask:
+    """An STS task on one CSV of scored sentence pairs (0-5 scores, or 0/1 labels as scores)."""
+
     def build(data_dir: Path, o: LoadOptions) -> Any:
         from datasets import DatasetDict
 
@@ -211,17 +221,12 @@ def _sts_pairs(name: str, rel: str, score: str, splits: list[str] | None = None)
             return kalmix_task(kalmix_classes()[name], read, o.subsets)
         return mteb_task(name, read, splits)
 
-    return build
+    return LocalTask(name, "sts", description, (rel,), build, mteb_defined=mteb_defined)
 
 
 LOCAL_TASKS: tuple[LocalTask, ...] = (
-    LocalTask(
-        "STSBenchmark",
-        "sts",
-        "STS Benchmark test (English), MTEB's task",
-        ("stsb/en-test.csv",),
-        _sts_pairs("STSBenchmark", "stsb/en-test.csv", "score"),
-        mteb_defined=True,
+    _pairs_task(
+        "STSBenchmark", "STS Benchmark test (English), MTEB's task", "stsb/en-test.csv", "score"
     ),
     LocalTask(
         "STSBenchmarkMultilingualSTS",
@@ -232,28 +237,25 @@ LOCAL_TASKS: tuple[LocalTask, ...] = (
         subsets=tuple(STSB_LANGS),
         mteb_defined=True,
     ),
-    LocalTask(
+    _pairs_task(
         "LCQMC",
-        "sts",
         "LCQMC test (Chinese question pairs, 0/1 scored as STS), C-MTEB's task",
-        ("pairs_zh/LCQMC-test.csv",),
-        _sts_pairs("LCQMC", "pairs_zh/LCQMC-test.csv", "label"),
-        mteb_defined=True,
+        "pairs_zh/LCQMC-test.csv",
+        "label",
     ),
-    LocalTask(
+    _pairs_task(
         "BQ",
-        "sts",
         "BQ Corpus test (bank questions, 0/1 scored as STS), C-MTEB's task (test split only)",
-        ("pairs_zh/BQ_corpus-test.csv",),
-        _sts_pairs("BQ", "pairs_zh/BQ_corpus-test.csv", "label", ["test"]),
-        mteb_defined=True,
+        "pairs_zh/BQ_corpus-test.csv",
+        "label",
+        splits=["test"],
     ),
-    LocalTask(
+    _pairs_task(
         "KalmixATECCCKS",
-        "sts",
         "ATEC+CCKS re-split test (0/1 scored as STS); not MTEB's ATEC data",
-        ("pairs_zh/ATEC_CCKS-test.csv",),
-        _sts_pairs("KalmixATECCCKS", "pairs_zh/ATEC_CCKS-test.csv", "label"),
+        "pairs_zh/ATEC_CCKS-test.csv",
+        "label",
+        mteb_defined=False,
     ),
     LocalTask(
         "Banking77Classification",

@@ -29,6 +29,7 @@ from corpus.errors import KalmixError
 from corpus.operator import OpResult, count_reasons
 from kalmix.pipeline import StepReport
 from synth.backends import BackendConfig, SamplingParams, make_backend, model_name
+from synth.backends.constraint import compile_schema
 from synth.generate import (
     ExampleRecipe,
     PersonaRecipe,
@@ -247,8 +248,11 @@ def run_generate(
     retrieval_forms: tuple[str, ...] | list[str] = RETRIEVAL_FORMS,
     templates: Path | None = None,
     show_progress: bool = True,
+    constrain: bool = True,
 ) -> StepReport:
-    """persona -> task -> JSON example for every persona x task type; one dataset per type."""
+    """persona -> task -> JSON example for every persona x task type; one dataset per type.
+    `constrain`: the example step decodes under each task type's JSON Schema (off: the output
+    is only validated against it)."""
     start = time.perf_counter()
     source = versions.resolve(cat, personas)
     if source.category != "persona":
@@ -276,7 +280,10 @@ def run_generate(
     if persona_table.num_rows == 0:
         raise KalmixError(f"{source.ref} holds no personas")
     jobs = plan_examples(persona_table, list(loaded), per_persona, languages, forms)
-    op, model = settings.operator(ExampleRecipe(loaded))
+    if constrain:  # a schema no backend could decode under fails here, naming its task type
+        for template in loaded.values():
+            compile_schema(template.output_schema())
+    op, model = settings.operator(ExampleRecipe(loaded, constrain=constrain))
     key = {
         "step": "generate",
         "name": name,
@@ -286,6 +293,7 @@ def run_generate(
         "per_persona": per_persona,
         "languages": languages,
         "retrieval_forms": list(retrieval_forms),
+        "constrain": constrain,
         "template_hashes": {t: tpl.hash for t, tpl in loaded.items()},
         **_settings_params(settings, op, model),
     }

@@ -6,6 +6,11 @@ step (`persona`), examples two (`task`: persona -> task description, `example`: 
 Each step runs batched over all pending jobs; an output that fails its parser is retried up to
 `max_retries` times with a new seed, then the job is rejected with `step:reason` (for example
 `example:truncated`). Rejections are results too: they are counted and recorded as removals.
+The example step is schema-constrained unless `ExampleRecipe(constrain=False)`: its prompts
+carry the task type's JSON Schema (`TaskTemplate.output_schema`), and a constrained output that
+stopped at `max_tokens` is rejected as `truncated` without being parsed (a cut-off object is
+valid JSON only up to its cut). An unconstrained one may still be closed after its last
+complete value (`synth.validate.extract_json`).
 
 `SynthOperator` is an operator of the contract (`corpus.operator`): a job table in, an
 `OpResult` out (one result row per job, the rejected jobs as removals, the run's stats), no
@@ -101,6 +106,7 @@ TASK_WORDS = (5, 60)  # a task description shorter or longer than this is not on
 class ExampleRecipe:
     templates: dict[str, TaskTemplate]
     steps: tuple[str, ...] = ("task", "example")
+    constrain: bool = True  # the example step's output is constrained to its JSON Schema
 
     def prompt(self, step: str, job: dict, outputs: dict) -> Prompt:
         template = self.templates[job["task_type"]]
@@ -111,7 +117,7 @@ class ExampleRecipe:
             params["target_language"] = language_name(job["target_language"])
         if job["form"]:
             params.update(template.forms[job["form"]])
-        return template.example_prompt(job["persona"], outputs["task"], params)
+        return template.example_prompt(job["persona"], outputs["task"], params, self.constrain)
 
     def parse(self, step: str, text: str, job: dict, outputs: dict) -> tuple[Any, str | None]:
         template = self.templates[job["task_type"]]
@@ -184,7 +190,11 @@ def run_recipe(
                     state.update(reason=BACKEND_ERROR, raw=completion.error, failed=True)
                     continue
                 text = prompt.prefix + completion.text
-                value, reason = recipe.parse(step, text, state["job"], state["outputs"])
+                if prompt.schema is not None and completion.finish_reason == "length":
+                    # cut off mid-object: never parsed partially
+                    value, reason = None, "truncated"
+                else:
+                    value, reason = recipe.parse(step, text, state["job"], state["outputs"])
                 if reason is None:
                     state["outputs"][step] = value
                     state["reason"] = None

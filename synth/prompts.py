@@ -18,7 +18,10 @@ prompt, and vLLM's prefix caching reuses it the same way.
 
 `$language` (and `$target_language` for bitext) and, for retrieval, the form's `$query_length`
 and `$document_length` are parameters. `fields` map JSON keys to record fields with length
-bounds, `distinct` lists keys whose texts must differ. Templates are hashed (sha256 of the file)
+bounds, `distinct` lists keys whose texts must differ. The fields are the task type's one
+definition of its output: `TaskTemplate.schema` writes them as a JSON Schema, which both
+constrains generation (`output_schema`, see `synth.backends.base`) and validates the output
+(`synth.validate`). Templates are hashed (sha256 of the file)
 and the hash goes into every record's meta and into the resume key, so editing a template
 starts a fresh run instead of mixing outputs of two prompts.
 """
@@ -36,6 +39,7 @@ from corpus.errors import KalmixError
 from corpus.schema import TASK_TYPES
 from corpus.toml import parse_toml
 from synth.backends import Prompt
+from synth.backends.base import JsonSchema
 
 LANGUAGES: dict[str, str] = {
     "en": "English",
@@ -126,9 +130,13 @@ class TaskTemplate:
             prefix=b.get("prefix", ""),
         )
 
-    def example_prompt(self, persona: str, task: str, params: dict[str, str]) -> Prompt:
+    def example_prompt(
+        self, persona: str, task: str, params: dict[str, str], constrain: bool = False
+    ) -> Prompt:
         """The one-shot exchange, then the request for `task` with `params` filled in, led by
-        the persona line: the turns before it depend only on the template and `params`' form."""
+        the persona line: the turns before it depend only on the template and `params`' form.
+        `constrain`: the prompt carries the output schema instead of the assistant prefix
+        (the schema fixes the first key, and covers the completion alone)."""
         e = self.example
         shot = {**params, **e.get("shot_params", {"language": "English"}), "task": e["shot_task"]}
         who = _render(e["persona"], {"persona": _sentence_body(persona)}, self.name)
@@ -140,8 +148,33 @@ class TaskTemplate:
                 {"role": "assistant", "content": e["shot_output"]},
                 {"role": "user", "content": f"{who}\n{request}"},
             ),
-            prefix=e.get("prefix", ""),
+            prefix="" if constrain else e.get("prefix", ""),
+            schema=self.output_schema() if constrain else None,
         )
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The example's JSON Schema: an object with exactly the template's keys, in order, each
+        a text within its length bounds (`negatives`: a text or a list of texts)."""
+        properties: dict[str, Any] = {}
+        for f in self.fields:
+            text = {"type": "string", "minLength": f.min_chars, "maxLength": f.max_chars}
+            if f.record == "negatives":
+                properties[f.key] = {
+                    "anyOf": [text, {"type": "array", "items": text, "minItems": 1}]
+                }
+            else:
+                properties[f.key] = text
+        return {
+            "type": "object",
+            "properties": properties,
+            "required": [f.key for f in self.fields],
+            "additionalProperties": False,
+        }
+
+    def output_schema(self) -> JsonSchema:
+        """`schema`, named after the task type, for a constrained prompt."""
+        return JsonSchema(self.task_type, self.schema)
 
     @property
     def shot_values(self) -> set[str]:

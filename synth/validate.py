@@ -3,7 +3,9 @@
 Small models wrap JSON in prose, break off at the token limit, leave trailing commas, put
 literal newlines in strings, repeat a key, or copy the one-shot example. Extraction takes the
 first JSON object in the text (tolerating control characters and trailing commas); validation
-checks the template's fields (present, text, within length bounds), that paired texts differ,
+checks the object against the task type's JSON Schema (`TaskTemplate.schema`, the same one that
+constrains generation: every field present, text, within its length bounds; numbers are read
+as text, texts stripped and keys outside the schema ignored first), that paired texts differ,
 that nothing is the one-shot example copied back, and that a Chinese, Japanese or Korean
 example is written in that script. Texts are compared in `corpus.text`'s token form and scripts
 told apart by its CJK pattern, the definitions the filters use. Every failure has a short reason
@@ -76,33 +78,65 @@ def _as_text(value: Any) -> str | None:
     return None
 
 
+def _normalised(raw: Any) -> Any:
+    """A value as the schema check sees it: numbers as text, texts stripped (lists too)."""
+    if isinstance(raw, list):
+        return [_normalised(v) for v in raw]
+    text = _as_text(raw)
+    return raw if text is None else text
+
+
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    from jsonschema import Draft202012Validator
+
+    key = json.dumps(schema, sort_keys=True)
+    if key not in _VALIDATORS:
+        _VALIDATORS[key] = Draft202012Validator(schema)
+    return _VALIDATORS[key]
+
+
+def _keywords(error: Any) -> set[str]:
+    """The schema keywords an error and the errors under it (anyOf branches) failed on."""
+    out = {error.validator}
+    for sub in error.context or ():
+        out |= _keywords(sub)
+    return out
+
+
+def schema_reason(obj: dict[str, Any], template: TaskTemplate) -> str | None:
+    """None when `obj` (normalised, see the module docstring) passes the task type's schema,
+    else the first failing field's reason: missing_field, not_text, too_short or too_long."""
+    schema = template.schema
+    errors = list(_validator(schema).iter_errors(obj))
+    if not errors:
+        return None
+    if any(e.validator == "required" for e in errors):
+        return "missing_field"
+    order = {key: i for i, key in enumerate(schema["properties"])}
+    first = min(errors, key=lambda e: order.get(e.path[0] if e.path else "", len(order)))
+    field = first.path[0] if first.path else None
+    words = set().union(*(_keywords(e) for e in errors if (e.path[0] if e.path else None) == field))
+    if words & {"minLength", "minItems"}:
+        return "too_short"
+    if words & {"maxLength", "maxItems"}:
+        return "too_long"
+    return "not_text"
+
+
 def validate_example(obj: dict[str, Any], template: TaskTemplate) -> tuple[dict | None, str | None]:
     """The example's texts by JSON key, or the reason it is unusable.
 
     A list of strings is accepted where the record field is `negatives` (models sometimes give
-    several hard negatives); other fields must be text (numbers are turned into text).
+    several hard negatives; the schema says so); other fields must be text (numbers are turned
+    into text before the schema check).
     """
-    values: dict[str, Any] = {}
-    for f in template.fields:
-        if f.key not in obj:
-            return None, "missing_field"
-        raw = obj[f.key]
-        if f.record == "negatives" and isinstance(raw, list):
-            texts = [_as_text(v) for v in raw]
-            if not texts or any(t is None for t in texts):
-                return None, "not_text"
-            value: Any = [t for t in texts if t]
-            check = value
-        else:
-            text = _as_text(raw)
-            if text is None:
-                return None, "not_text"
-            value, check = text, [text]
-        if not check or any(len(t) < f.min_chars for t in check):
-            return None, "too_short"
-        if any(len(t) > f.max_chars for t in check):
-            return None, "too_long"
-        values[f.key] = value
+    values = {key: _normalised(obj[key]) for key in template.schema["properties"] if key in obj}
+    reason = schema_reason(values, template)
+    if reason is not None:
+        return None, reason
     texts = {key: value if isinstance(value, list) else [value] for key, value in values.items()}
     shot_texts = template.shot_values
     every = [*shot_texts, *(t for group in texts.values() for t in group)]

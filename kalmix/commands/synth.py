@@ -252,12 +252,21 @@ def generate(
         ",".join(RETRIEVAL_FORMS), "--retrieval-forms", help="Retrieval query/document lengths."
     ),
     max_tokens: int = typer.Option(384, "--max-tokens", help="Tokens per LLM answer."),
+    no_constrain: bool = typer.Option(
+        False,
+        "--no-constrain",
+        help="Do not constrain the examples to their task type's JSON schema while decoding "
+        "(they are still validated against it); for comparison.",
+    ),
     templates: Path = TEMPLATES,
     shared: dict[str, Any] = None,  # type: ignore[assignment]  # filled by @grouped
 ) -> None:
     """Write training examples: persona -> task description -> one JSON example per job.
 
-    Each example is validated against its task type's fields; invalid output is retried up to
+    Examples are decoded under their task type's JSON schema (transformers: a token mask;
+    openai: response_format, falling back with a warning where the server refuses it; vllm:
+    structured outputs) unless --no-constrain. Each example is validated against the same
+    schema and its template's checks; invalid output is retried up to
     --max-retries times, then counted as rejected with its reason (recorded as removals of the
     new version). Records carry source=synth and meta with persona id, model, template hash and
     sampling parameters; the new versions' parent is the personas version. Killed runs resume.
@@ -282,5 +291,6 @@ def generate(
         settings=settings,
         retrieval_forms=list(split_list(retrieval_forms)),
         templates=templates,
+        constrain=not no_constrain,
     )
     _print_report(report)

@@ -10,6 +10,14 @@ model is steered into the right JSON. transformers and vLLM continue the final m
 `openai` backend sends it as a final assistant message with vLLM's `continue_final_message`
 extension; `prefill=False` leaves it out for hosted APIs that reject unknown fields.
 `Completion.text` never includes the prefix.
+
+Schema-constrained decoding: a `Prompt.schema` (a `JsonSchema`: a name and a JSON Schema dict)
+asks the backend to produce only output that is valid under it. `transformers` masks the
+tokens that would break it at every step (`synth/backends/constraint.py`), `openai` sends it as
+`response_format` (`json_schema`, strict) and `vllm` as its structured outputs. The schema
+covers the completion alone (vLLM's rule after a prefilled turn), so a prompt with a schema
+carries no prefix: the schema fixes the first key anyway. `Completion.finish_reason` is "length" when the
+output stopped at `max_tokens`: a constrained output cut off there is incomplete, never parsed.
 """
 
 from __future__ import annotations
@@ -44,30 +52,54 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class JsonSchema:
+    """A JSON Schema the output must satisfy, and its name (the task type it belongs to)."""
+
+    name: str
+    schema: dict[str, Any]
+
+    def key(self) -> str:
+        """The schema as canonical JSON text (a cache key for compiled grammars)."""
+        return json.dumps(self.schema, sort_keys=True)
+
+
+@dataclass(frozen=True)
 class Prompt:
-    """A chat prompt: messages (system/user/assistant dicts) and an optional assistant prefix."""
+    """A chat prompt: messages (system/user/assistant dicts), an optional assistant prefix and
+    an optional output schema (see the module docstring)."""
 
     messages: tuple[dict[str, str], ...]
     prefix: str = ""
+    schema: JsonSchema | None = None
 
     def to_json(self) -> str:
-        return json.dumps({"messages": list(self.messages), "prefix": self.prefix})
+        data: dict[str, Any] = {"messages": list(self.messages), "prefix": self.prefix}
+        if self.schema is not None:
+            data["schema"] = {"name": self.schema.name, "schema": self.schema.schema}
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Prompt:
         data = json.loads(text)
-        return cls(tuple(data["messages"]), data.get("prefix", ""))
+        schema = data.get("schema")
+        return cls(
+            tuple(data["messages"]),
+            data.get("prefix", ""),
+            JsonSchema(schema["name"], schema["schema"]) if schema else None,
+        )
 
 
 @dataclass
 class Completion:
-    """Generated text (without the prefix), token counts, and the transport error if any."""
+    """Generated text (without the prefix), token counts, why it ended ("stop": an end token or
+    the schema's end; "length": `max_tokens`), and the transport error if any."""
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
     requests: int = 1  # HTTP attempts for the openai backend; 1 elsewhere
+    finish_reason: str = "stop"
 
 
 class Backend(Protocol):

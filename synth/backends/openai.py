@@ -6,6 +6,12 @@ jitter, `Retry-After` on 429, and retries on 5xx and on malformed response bodie
 still fails comes back with `error` set, so the caller counts it as rejected instead of losing
 it. The assistant prefix goes as a final assistant message with vLLM's `continue_final_message`
 extension unless `prefill` is off (see `synth.backends.base`).
+
+A prompt with a schema is sent with `response_format` = `{"type": "json_schema", "json_schema":
+{"name", "schema", "strict": true}}` (vLLM, llama.cpp's server and OpenAI honour it). A server
+that refuses it (HTTP 400 or 422 whose body mentions response_format or json_schema) gets the
+request again without it, and every later one too: the output is then unconstrained and only
+validated, and the backend says so once, on one warning line.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from corpus.console import err_console
 from corpus.errors import KalmixError
 from synth.backends.base import BackendConfig, Completion, Prompt, SamplingParams
 
@@ -40,6 +47,8 @@ class OpenAIBackend:
         self.api_key = config.api_key or os.environ.get("OPENAI_API_KEY") or ""
         self._requests = requests
         self._local = threading.local()
+        self._constrain = True  # off once the server refused response_format
+        self._warn_lock = threading.Lock()
         self.model_name = self._served_model(config.model)
 
     def _session(self):
@@ -92,7 +101,34 @@ class OpenAIBackend:
             messages.append({"role": "assistant", "content": prompt.prefix})
             body.update(continue_final_message=True, add_generation_prompt=False)
         body["messages"] = messages
+        if prompt.schema is not None and self._constrain:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": prompt.schema.name,
+                    "schema": prompt.schema.schema,
+                    "strict": True,
+                },
+            }
         return body
+
+    def _refused_schema(self, reply: Any, body: dict[str, Any]) -> bool:
+        """True (and constraining off from now on, said once) when the server refused the
+        request's response_format."""
+        if "response_format" not in body or reply.status_code not in (400, 422):
+            return False
+        text = reply.text.lower()
+        if "response_format" not in text and "json_schema" not in text:
+            return False
+        with self._warn_lock:
+            if self._constrain:
+                self._constrain = False
+                err_console.print(
+                    f"warning: {self.base_url} refused response_format (HTTP "
+                    f"{reply.status_code}); generating without schema constraints, the output "
+                    "is only validated"
+                )
+        return True
 
     def _complete(self, prompt: Prompt, params: SamplingParams) -> Completion:
         body = self._body(prompt, params)
@@ -102,6 +138,9 @@ class OpenAIBackend:
             wait = self.config.backoff_s * (2**attempt) * (0.5 + random.random())
             try:
                 reply = self._session().post(url, json=body, timeout=self.config.timeout_s)
+                if self._refused_schema(reply, body):
+                    body.pop("response_format")  # the same request, unconstrained
+                    reply = self._session().post(url, json=body, timeout=self.config.timeout_s)
             except self._requests.RequestException as err:
                 error = f"transport: {err.__class__.__name__}"
             else:
@@ -142,7 +181,8 @@ def _parse_chat_reply(reply: Any, prefix: str) -> Completion | str:
     """A Completion, or the reason the body is unusable (a retryable error)."""
     try:
         data = reply.json()
-        text = data["choices"][0]["message"]["content"] or ""
+        choice = data["choices"][0]
+        text = choice["message"]["content"] or ""
     except (ValueError, KeyError, IndexError, TypeError):
         return "malformed response"
     if prefix and text.startswith(prefix):  # servers that echo the prefilled turn
@@ -152,4 +192,5 @@ def _parse_chat_reply(reply: Any, prefix: str) -> Completion | str:
         text,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
     )

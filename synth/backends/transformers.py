@@ -7,6 +7,8 @@ Loading a GGUF with transformers de-quantises it and re-parses the file's 49k-to
 several times (about 45 s on 2 cores), so the de-quantised weights are saved once as
 safetensors under the model cache (`$KALMIX_MODEL_CACHE`, default `~/.cache/kalmix/models`)
 and later loads take under a second; within a process the loaded model is cached too.
+A prompt with a `schema` is decoded under a token mask that keeps its output valid JSON for
+that schema (`synth/backends/constraint.py`), inside the same loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from corpus.errors import KalmixError
 from synth.backends.base import BackendConfig, Completion, Prompt, SamplingParams
+from synth.backends.constraint import SchemaMasks
 from synth.backends.models import local_model_name, resolve_local_model
 
 # A shared token prefix at least this long is computed once per batch (TransformersBackend);
@@ -171,7 +174,8 @@ class TransformersBackend:
                 if key not in caches:
                     caches[key] = self._prefix_cache(shared)
                 cache = caches[key]
-            for i, completion in zip(chunk, self._generate_batch(rows, params, cache), strict=True):
+            batch = self._generate_batch(rows, params, cache, [prompts[i] for i in chunk])
+            for i, completion in zip(chunk, batch, strict=True):
                 out[i] = completion
         return [c for c in out if c is not None]
 
@@ -184,7 +188,11 @@ class TransformersBackend:
             return self.model(input_ids=ids, use_cache=True).cache
 
     def _generate_batch(
-        self, rows: list[list[int]], params: SamplingParams, prefix_cache: Any | None
+        self,
+        rows: list[list[int]],
+        params: SamplingParams,
+        prefix_cache: Any | None,
+        prompts: Sequence[Prompt] = (),
     ) -> list[Completion]:
         """Generate for token rows laid out as [shared prefix][padding][rest].
 
@@ -205,9 +213,12 @@ class TransformersBackend:
             device=self.device,
         )
         eos = _eos_ids(self.model, self.tokenizer)
+        masks = SchemaMasks(self.tokenizer, self.model.config.vocab_size, prompts)
         completions = []
         for new, tokens in zip(
-            self._decode(input_ids[:, cut:], mask, prefix_cache, params, eos), rows, strict=True
+            self._decode(input_ids[:, cut:], mask, prefix_cache, params, eos, masks),
+            rows,
+            strict=True,
         ):
             ended = bool(new) and new[-1] in eos
             completions.append(
@@ -215,6 +226,7 @@ class TransformersBackend:
                     self.tokenizer.decode(new[:-1] if ended else new, skip_special_tokens=True),
                     prompt_tokens=len(tokens),
                     completion_tokens=len(new),
+                    finish_reason="stop" if ended else "length",
                 )
             )
         return completions
@@ -226,6 +238,7 @@ class TransformersBackend:
         prefix_cache: Any | None,
         params: SamplingParams,
         eos: set[int],
+        masks: SchemaMasks | None = None,
     ) -> list[list[int]]:
         """Each row's new tokens, up to `params.max_tokens`, ending at its first `eos` token.
 
@@ -265,9 +278,16 @@ class TransformersBackend:
                 use_cache=True,
                 logits_to_keep=1,
             )
+            constrained = masks is not None and masks.active
             for n in range(params.max_tokens):
-                tokens = pick(step.logits[:, -1].float())
-                for row, token in zip(live, tokens.tolist(), strict=True):
+                logits = step.logits[:, -1].float()
+                if constrained:
+                    masks.apply(logits, live)
+                tokens = pick(logits)
+                picked = tokens.tolist()
+                if constrained:
+                    masks.consume(live, picked)
+                for row, token in zip(live, picked, strict=True):
                     out[row].append(token)
                 going = ~torch.isin(tokens, stop)
                 if n + 1 == params.max_tokens or not going.any():

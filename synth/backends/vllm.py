@@ -2,14 +2,20 @@
 
 vLLM is imported only when this backend is built, so kalmix imports and its tests run without
 it. The whole batch goes to vLLM's scheduler in one call per kind of prompt (prefixed or not).
+
+A prompt with a schema gets its own sampling parameters with vLLM's structured outputs:
+`StructuredOutputsParams(json=schema)` as `structured_outputs` (vLLM >= 0.10.2; the only form
+from 0.12 on), else `GuidedDecodingParams(json=schema)` as `guided_decoding` (older vLLM).
+`finish_reason` "length" (cut off at max_tokens) is passed on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from corpus.errors import KalmixError
-from synth.backends.base import BackendConfig, Completion, Prompt, SamplingParams
+from synth.backends.base import BackendConfig, Completion, JsonSchema, Prompt, SamplingParams
 from synth.backends.models import local_model_name, resolve_local_model
 
 
@@ -38,13 +44,25 @@ class VLLMBackend:
             **config.extra,
         )
 
+    def _sampling(self, params: SamplingParams, schema: JsonSchema | None) -> Any:
+        """vLLM sampling parameters, constrained to `schema` when given."""
+        kwargs: dict[str, Any] = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            "seed": params.seed,
+        }
+        if schema is not None:
+            from vllm import sampling_params as sp
+
+            if hasattr(sp, "StructuredOutputsParams"):
+                kwargs["structured_outputs"] = sp.StructuredOutputsParams(json=schema.schema)
+            else:
+                kwargs["guided_decoding"] = sp.GuidedDecodingParams(json=schema.schema)
+        return self._vllm.SamplingParams(**kwargs)
+
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Completion]:
-        sampling = self._vllm.SamplingParams(
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            seed=params.seed,
-        )
+        plain = self._sampling(params, None)
         out: list[Completion | None] = [None] * len(prompts)
         # continue_final_message is per call: prefixed and plain prompts go in separate calls.
         for prefixed in (True, False):
@@ -54,6 +72,10 @@ class VLLMBackend:
             conversations = [
                 list(prompts[i].messages)
                 + ([{"role": "assistant", "content": prompts[i].prefix}] if prefixed else [])
+                for i in idx
+            ]
+            sampling = [
+                plain if prompts[i].schema is None else self._sampling(params, prompts[i].schema)
                 for i in idx
             ]
             results = self.llm.chat(
@@ -69,5 +91,6 @@ class VLLMBackend:
                     best.text,
                     prompt_tokens=len(result.prompt_token_ids or []),
                     completion_tokens=len(best.token_ids),
+                    finish_reason="length" if best.finish_reason == "length" else "stop",
                 )
         return [c for c in out if c is not None]

@@ -4,7 +4,11 @@ synthesis benchmark (not part of the product: it lives under tests/).
     python -m tests.synth.server --port 8000 [--model PATH] [--max-batch 16]
 
 Serves `GET /v1/models` and `POST /v1/chat/completions` (non-streaming), including vLLM's
-`continue_final_message` extension for assistant prefill. Concurrent requests are batched:
+`continue_final_message` extension for assistant prefill, and `response_format`
+`{"type": "json_schema", "json_schema": {"schema": ...}}`: the output is constrained to the
+schema by the transformers backend's own token mask (`synth/backends/constraint.py`); a schema
+it cannot compile is answered HTTP 400 naming response_format, as vLLM does. `finish_reason` is
+"length" when the reply stopped at max_tokens. Concurrent requests are batched:
 handler threads queue their prompt and a single generator thread takes whatever is waiting
 (up to `--max-batch`, after at most `--batch-wait` seconds) into one left-padded `generate`
 call, so more clients give more throughput on one CPU or GPU. Requests in one batch share the
@@ -16,7 +20,11 @@ vLLM or llama.cpp. For testing clients it can misbehave on purpose:
 - `--fail-first 500,429,bad_json,slow`: each distinct request body first gets these answers in
   order (HTTP 500; HTTP 429 with `Retry-After`; a body that is not JSON; a reply delayed by
   `--slow-s`), then a normal one, whatever the concurrency;
-- `--fail-always 500`: every request fails so.
+- `--fail-always 500`: every request fails so;
+- fault `prose`: a normal reply whose text is prose, not JSON (a server that ignores
+  response_format and a model that ignores the prompt);
+- `--refuse-response-format`: a request with response_format gets HTTP 400 saying it is not
+  supported (as some servers answer), one without it a normal reply.
 
 The model is loaded on the first request that needs it, so a server that only fails starts
 at once. With `--port 0` it picks a free port; the first line on stdout is the base URL.
@@ -46,8 +54,11 @@ from synth.backends import (
     make_backend,
     resolve_local_model,
 )
+from synth.backends.base import JsonSchema
+from synth.backends.constraint import compile_schema
 
-FAULTS = ("500", "429", "bad_json", "slow")
+FAULTS = ("500", "429", "bad_json", "slow", "prose")
+PROSE = "I am happy to help! Here is an example of what such a person might write about."
 
 
 class Batcher:
@@ -100,7 +111,12 @@ class Batcher:
 
 
 def make_handler(
-    batcher: Batcher, model_name: str, fail_first: list[str], fail_always: str | None, slow_s: float
+    batcher: Batcher,
+    model_name: str,
+    fail_first: list[str],
+    fail_always: str | None,
+    slow_s: float,
+    refuse_response_format: bool = False,
 ) -> type[BaseHTTPRequestHandler]:
     seen: dict[str, int] = {}
     seen_lock = threading.Lock()
@@ -155,10 +171,21 @@ def make_handler(
                 return
             if fault == "slow":
                 time.sleep(slow_s)
+            if fault == "prose":
+                self._json(200, chat_response(model_name, Completion(PROSE, 10, 16)))
+                return
             try:
-                prompt, params = parse_request(json.loads(raw))
+                body = json.loads(raw)
+                if refuse_response_format and body.get("response_format"):
+                    message = "response_format of type json_schema is not supported"
+                    self._json(400, {"error": {"message": message}})
+                    return
+                prompt, params = parse_request(body)
             except (ValueError, KeyError, TypeError) as err:
                 self._json(400, {"error": {"message": f"bad request: {err}"}})
+                return
+            except KalmixError as err:  # a schema the constraint cannot compile
+                self._json(400, {"error": {"message": f"invalid response_format: {err}"}})
                 return
             try:
                 completion: Completion = batcher.submit(prompt, params).result()
@@ -178,13 +205,19 @@ def parse_request(body: dict[str, Any]) -> tuple[Prompt, SamplingParams]:
     prefix = ""
     if body.get("continue_final_message") and messages[-1]["role"] == "assistant":
         prefix = messages.pop()["content"]
+    schema = None
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        spec = response_format["json_schema"]
+        schema = JsonSchema(str(spec.get("name") or "response"), spec["schema"])
+        compile_schema(schema)  # a KalmixError for a schema that cannot be compiled
     params = SamplingParams(
         temperature=float(body.get("temperature", 1.0)),
         top_p=float(body.get("top_p", 1.0)),
         max_tokens=int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
         seed=int(body.get("seed") or 0),
     )
-    return Prompt(tuple(messages), prefix), params
+    return Prompt(tuple(messages), prefix, schema), params
 
 
 def chat_response(model: str, completion: Completion) -> dict[str, Any]:
@@ -197,7 +230,7 @@ def chat_response(model: str, completion: Completion) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": completion.text},
-                "finish_reason": "stop",
+                "finish_reason": completion.finish_reason,
             }
         ],
         "usage": {
@@ -218,6 +251,7 @@ def serve(
     fail_always: str | None = None,
     slow_s: float = 5.0,
     threads: int = 0,
+    refuse_response_format: bool = False,
 ) -> ThreadingHTTPServer:
     """A started server (serving on a daemon thread); `.server_address` has the real port."""
     for fault in [*(fail_first or []), *([fail_always] if fail_always else [])]:
@@ -229,7 +263,9 @@ def serve(
         max_batch,
         batch_wait_s,
     )
-    handler = make_handler(batcher, model_name, fail_first or [], fail_always, slow_s)
+    handler = make_handler(
+        batcher, model_name, fail_first or [], fail_always, slow_s, refuse_response_format
+    )
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
@@ -247,6 +283,11 @@ def main() -> None:
     parser.add_argument("--fail-always", default=None, choices=FAULTS)
     parser.add_argument("--slow-s", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--refuse-response-format",
+        action="store_true",
+        help="answer requests with response_format HTTP 400",
+    )
     args = parser.parse_args()
     try:
         server = serve(
@@ -259,6 +300,7 @@ def main() -> None:
             args.fail_always,
             args.slow_s,
             args.threads,
+            args.refuse_response_format,
         )
     except (KalmixError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")

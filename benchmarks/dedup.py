@@ -16,17 +16,34 @@ datasketch's default threshold/weights and Python shingling, on a subsample (the
 for the whole corpus: docs/s is measured there and the full-corpus time extrapolated), on one
 core and on all cores (signatures in a process pool). (c) datatrove: not run, see the .md.
 
-Run: .venv/bin/python -m benchmarks.dedup [DOCS]   (default 100000)
+Keeper: which copy of a planted pair survives (`filters.clusters` keeper rule). A second,
+English-only corpus (KEEPER_DOCS documents, default 50,000; 2.5% of them are copies of each of
+eight kinds): exact-normalised copies (upper case + doubled spaces, upper case only, doubled
+spaces only, tabs and padding) and near copies (2 words replaced by words of running text; the
+same + upper case + doubled spaces; the last 5% of the words cut; a boilerplate sentence
+added). Two row orders: shuffled (row order says nothing) and copies last (after every
+original). `Dedup` runs with each `--prefer` (longest: the old default; first; cleanest: the
+new default) and the benchmark counts, per kind, the originals removed while their copy
+survives. Beside them, computed on each planted pair from the same measures: the cleanest rule
+with a length step before the row order (the variant not chosen). `uptime` is recorded before
+and after.
+
+Run: .venv/bin/python -m benchmarks.dedup [DOCS] [--keeper-docs N]   (default 100000, 50000)
+     .venv/bin/python -m benchmarks.dedup --keeper-only [--keeper-docs N]
+        only the keeper part (about a minute on 2 cores): replaces the keeper section of
+        results/dedup.md and the "keeper" entry of results/dedup.json, leaves the rest.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import random
 import re
 import resource
+import subprocess
 import sysconfig
 import tempfile
 import time
@@ -38,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import run_child, sizes, write_results
+from benchmarks.common import RESULTS, run_child, write_results
 from corpus.executor import default_workers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -77,16 +94,16 @@ def chinese_sentences() -> list[str]:
     return sorted(set(out))
 
 
-def base_documents(n: int, rng: random.Random) -> list[str]:
+def base_documents(n: int, rng: random.Random, zh_share: float = ZH_SHARE) -> list[str]:
     """n distinct documents of ~190 words (or ~300 Chinese characters) of real sentences."""
-    english, chinese = stdlib_sentences(), chinese_sentences()
+    english, chinese = stdlib_sentences(), chinese_sentences() if zh_share else []
     docs: list[str] = []
     seen: set[str] = set()
     i = 0
     while len(docs) < n:
         i += 1
         parts, size = [], 0
-        zh = i % round(1 / ZH_SHARE) == 0
+        zh = bool(zh_share) and i % round(1 / zh_share) == 0
         pool, target = (chinese, 300) if zh else (english, WORDS_PER_DOC)
         while size < target:
             sentence = pool[rng.randrange(len(pool))]
@@ -126,10 +143,75 @@ def build_corpus(total: int) -> tuple[list[str], list[tuple[int, int]]]:
             copy = copy.replace(" ", "  ").replace("，", " ，")
         pairs.append((src, len(docs)))
         docs.append(copy)
+    return shuffled(docs, pairs, rng)
+
+
+def shuffled(docs: list[str], pairs: list[tuple[int, int]], rng: random.Random):
+    """The documents in a random order, and the pairs renumbered to it."""
     order = list(range(len(docs)))
     rng.shuffle(order)
     position = {old: new for new, old in enumerate(order)}
     return [docs[i] for i in order], [(position[a], position[b]) for a, b in pairs]
+
+
+# --- keeper corpus: planted noisy copies --------------------------------------------------
+
+KEEPER_DOCS = 50_000
+KEEPER_SHARE = 0.025  # of the corpus, per kind of copy
+BOILERPLATE = (
+    "Read more articles like this one on our website.",
+    "Subscribe to our newsletter for weekly updates.",
+    "Click here to share this page with your friends.",
+)
+
+
+def shout(text: str) -> str:
+    return text.upper().replace(" ", "  ")
+
+
+def edit_words(text: str, rng: random.Random, tokens: list[str], k: int = 2) -> str:
+    """`k` words replaced by words drawn from running text (`tokens`, with repeats), so a
+    replacement is as long as the word it replaces on average."""
+    words = text.split()
+    for _ in range(k):
+        words[rng.randrange(len(words))] = rng.choice(tokens)
+    return " ".join(words)
+
+
+def truncate(text: str) -> str:
+    words = text.split()
+    return " ".join(words[: len(words) - max(1, len(words) // 20)])
+
+
+COPY_KINDS = {  # kind -> (exact-normalised copy?, make(doc, rng, tokens))
+    "upper case + doubled spaces": (True, lambda d, rng, t: shout(d)),
+    "upper case": (True, lambda d, rng, t: d.upper()),
+    "doubled spaces": (True, lambda d, rng, t: d.replace(" ", "  ")),
+    "tabs + padding": (True, lambda d, rng, t: " " + d.replace(". ", ".\t") + "  "),
+    "2 words replaced": (False, edit_words),
+    "2 words replaced + upper case + doubled spaces": (
+        False,
+        lambda d, rng, t: shout(edit_words(d, rng, t)),
+    ),
+    "last 5% of words cut": (False, lambda d, rng, t: truncate(d)),
+    "a boilerplate sentence added": (False, lambda d, rng, t: f"{d} {rng.choice(BOILERPLATE)}"),
+}
+
+
+def keeper_corpus(total: int) -> tuple[list[str], list[tuple[int, int, str]]]:
+    """English documents and planted (original, copy, kind) triples: the originals in a random
+    order, then every copy after them."""
+    rng = random.Random(2)
+    per_kind = int(total * KEEPER_SHARE)
+    base = base_documents(total - per_kind * len(COPY_KINDS), rng, zh_share=0.0)
+    tokens = [w for d in base[:2000] for w in d.split()]
+    docs, planted = list(base), []
+    sources = rng.sample(range(len(base)), per_kind * len(COPY_KINDS))
+    for k, (kind, (_, make)) in enumerate(COPY_KINDS.items()):
+        for src in sources[k * per_kind : (k + 1) * per_kind]:
+            planted.append((src, len(docs), kind))
+            docs.append(make(base[src], rng, tokens))
+    return docs, planted
 
 
 # --- exact Jaccard on the shingles both sides use -------------------------------------------
@@ -276,16 +358,12 @@ def run_datasketch(texts: list[str], kind: str, workers: int) -> dict:
     }
 
 
-def main() -> None:
-    start = time.perf_counter()
-    docs, pairs = build_corpus(sizes(__doc__, docs=100_000).docs)
-    build_seconds = time.perf_counter() - start
-    cores = default_workers()
-    words = np.mean([len(d.split()) for d in docs[:2000] if not re.search(r"[\u4e00-\u9fff]", d)])
+def corpus_table(docs: list[str]) -> pa.Table:
+    """The documents as records (in `query`), ids attached."""
     from corpus.schema import attach_ids
 
     n = len(docs)
-    table = attach_ids(
+    return attach_ids(
         pa.table(
             {
                 "task_type": ["retrieval"] * n,
@@ -302,6 +380,198 @@ def main() -> None:
             }
         )
     )
+
+
+# --- keeper ------------------------------------------------------------------------------------
+
+KEEPER_HEADING = "## Keeper"
+RULES = {
+    "longest": "longest (old default)",
+    "first": "first (row order)",
+    "cleanest": "cleanest (new default)",
+}
+WITH_LENGTH = "cleanest, then longest (pairwise)"
+ORDERS = {
+    "shuffled": "copies placed at random among the originals (row order says nothing)",
+    "copies last": "every copy after all originals (the order of a corpus that grew by "
+    "scraping: row order alone finds the original)",
+}
+
+
+def uptime() -> str:
+    try:
+        out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    return out.strip() or "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _keeper_order(docs, planted, order: str):
+    """(documents, originals, copies, kinds) in `order`."""
+    pairs = [(a, b) for a, b, _ in planted]
+    if order == "shuffled":
+        docs, pairs = shuffled(docs, pairs, random.Random(3))
+    originals, copies = (np.array(side) for side in zip(*pairs, strict=True))
+    return docs, originals, copies, np.array([k for _, _, k in planted])
+
+
+def run_keeper(total: int) -> tuple[dict, str]:
+    """The keeper measurement (see the module docstring): (results, markdown section)."""
+    from filters.clusters import text_length, upper_case_tenths, whitespace_noise
+    from filters.dedup import Dedup, DedupConfig
+
+    load_before, start = uptime(), time.perf_counter()
+    base_docs, planted = keeper_corpus(total)
+    corpus_seconds = time.perf_counter() - start
+    per_kind = len(planted) // len(COPY_KINDS)
+    results: dict = {}
+    for order in ORDERS:
+        docs, originals, copies, kinds = _keeper_order(base_docs, planted, order)
+        table = corpus_table(docs)
+        ids = table.column("id").to_pylist()
+
+        def count(original_gone: np.ndarray, copy_gone: np.ndarray, kinds=kinds) -> dict:
+            out = {}
+            for kind in COPY_KINDS:
+                mine = kinds == kind
+                out[kind] = {
+                    "originals_removed": int((original_gone & ~copy_gone & mine).sum()),
+                    "copies_removed": int((copy_gone & ~original_gone & mine).sum()),
+                    "neither_or_both": int((mine & (original_gone == copy_gone)).sum()),
+                }
+            return out
+
+        runs: dict = {}
+        for prefer in RULES:
+            began = time.perf_counter()
+            result = Dedup(DedupConfig(fields=("query",), prefer=prefer))(table)
+            seconds = time.perf_counter() - began
+            gone = set(result.removed.column("id").to_pylist())
+            removed = np.array([i in gone for i in ids])
+            runs[prefer] = {
+                "seconds": round(seconds, 2),
+                "exact_duplicates": result.stats["exact_duplicates"],
+                "near_duplicates": result.stats["near_duplicates"],
+                "by_kind": count(removed[originals], removed[copies]),
+            }
+            print("keeper", order, prefer, json.dumps(runs[prefer]))
+        # The cleanest rule with a length step before the row order, on each planted pair from
+        # the rule's own measures (the pair is its cluster: originals are distinct).
+        both = table.select(["query"]).take(pa.array(np.concatenate([originals, copies])))
+        f = ("query",)
+        keys = zip(
+            upper_case_tenths(both, f),
+            whitespace_noise(both, f),
+            -text_length(both, f),
+            strict=True,
+        )
+        keys = [(*k, row) for k, row in zip(keys, np.concatenate([originals, copies]), strict=True)]
+        m = len(planted)
+        loses = np.array([keys[m + i] < keys[i] for i in range(m)])
+        runs[WITH_LENGTH] = {"by_kind": count(loses, ~loses)}
+        results[order] = runs
+
+    keeper = {
+        "docs": len(base_docs),
+        "copies_per_kind": per_kind,
+        "corpus_seconds": round(corpus_seconds, 1),
+        "uptime_before": load_before,
+        "uptime_after": uptime(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "orders": results,
+    }
+    labels = {**RULES, WITH_LENGTH: WITH_LENGTH}
+
+    def removed_originals(runs: dict, rule: str, exact: bool | None = None) -> int:
+        return sum(
+            c["originals_removed"]
+            for kind, c in runs[rule]["by_kind"].items()
+            if exact is None or COPY_KINDS[kind][0] == exact
+        )
+
+    lines = [
+        KEEPER_HEADING + ": originals removed instead of their copy",
+        "",
+        f"{len(base_docs):,} English documents (stdlib docstrings and comments, ~190 words) "
+        f"with {per_kind:,} planted copies of each kind; `Dedup` with threshold 0.8, 128 "
+        f"permutations, all cores. Each cell: originals removed while their copy survived, of "
+        f"{per_kind:,} (totals: of {per_kind * 4:,}). Uptime before: "
+        f"`{keeper['uptime_before']}`; after: `{keeper['uptime_after']}`.",
+    ]
+    for order, runs in results.items():
+        lines += [
+            "",
+            f"{order.capitalize()}: {ORDERS[order]}.",
+            "",
+            "| planted copy | kind | " + " | ".join(labels.values()) + " |",
+            "|---|---|" + "---|" * len(labels),
+        ]
+        for kind, (exact, _) in COPY_KINDS.items():
+            cells = " | ".join(f"{runs[r]['by_kind'][kind]['originals_removed']:,}" for r in labels)
+            lines.append(f"| {kind} | {'exact-normalised' if exact else 'near'} | {cells} |")
+        for name, exact in (("all exact-normalised copies", True), ("all near copies", False)):
+            cells = " | ".join(f"**{removed_originals(runs, r, exact):,}**" for r in labels)
+            lines.append(f"| {name} | | {cells} |")
+    missed = {
+        f"{order} {r}": sum(c["neither_or_both"] for c in runs[r]["by_kind"].values())
+        for order, runs in results.items()
+        for r in RULES
+    }
+    seconds = ", ".join(
+        f"{order} {r} {runs[r]['seconds']:.1f}" for order, runs in results.items() for r in RULES
+    )
+    lines += [
+        "",
+        "The pairwise column ranks the two members of each planted pair by the cleanest rule's "
+        "measures (upper-case tenths, whitespace noise) with the length step of `longest` "
+        "before the row order: the variant of the rule with a length step, not run as an "
+        "operator. Pairs where neither or both members were removed: "
+        + ", ".join(f"{r} {k}" for r, k in missed.items())
+        + f". Operator seconds per run: {seconds}; corpus built in {corpus_seconds:.0f} s.",
+    ]
+    return keeper, "\n".join(lines)
+
+
+def write_keeper_only(keeper: dict, section: str) -> None:
+    """Replace the keeper part of results/dedup.{json,md}; the main figures stay as they are."""
+    json_path, md_path = RESULTS / "dedup.json", RESULTS / "dedup.md"
+    data = json.loads(json_path.read_text()) if json_path.exists() else {}
+    data.pop("benchmark", None)  # machine and when stay those of the main run
+    data["keeper"] = keeper
+    old = md_path.read_text() if md_path.exists() else ""
+    body = old.removeprefix("# dedup\n\n").split("\n" + KEEPER_HEADING)[0].rstrip("\n")
+    if body:
+        section += (
+            f"\n\nThis section is from a `--keeper-only` run ({keeper['when']}); the figures "
+            f"above it are from the last full run ({data.get('when', 'unknown')})."
+        )
+    write_results("dedup", data, (body + "\n\n" if body else "") + section)
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("docs", nargs="?", type=int, default=100_000, help="default 100000")
+    parser.add_argument(
+        "--keeper-docs", type=int, default=KEEPER_DOCS, help=f"default {KEEPER_DOCS}"
+    )
+    parser.add_argument(
+        "--keeper-only", action="store_true", help="run only the keeper measurement"
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    if args.keeper_only:
+        write_keeper_only(*run_keeper(args.keeper_docs))
+        return
+    start = time.perf_counter()
+    docs, pairs = build_corpus(args.docs)
+    build_seconds = time.perf_counter() - start
+    cores = default_workers()
+    words = np.mean([len(d.split()) for d in docs[:2000] if not re.search(r"[\u4e00-\u9fff]", d)])
+    n = len(docs)
+    table = corpus_table(docs)
     ids = {i: k for k, i in enumerate(table.column("id").to_pylist())}
     assert len(ids) == n, "document ids must be unique"
     results: dict = {"docs": n, "mean_words": round(float(words), 1), "cores": cores}
@@ -374,7 +644,9 @@ def main() -> None:
         "MinHash step needs orjson and, for its English word tokenizer, spaCy (17 more packages "
         "including thinc and blis), which this project does not install.",
     ]
-    write_results("dedup", results, "\n".join(lines))
+    keeper, section = run_keeper(args.keeper_docs)
+    results["keeper"] = keeper
+    write_results("dedup", results, "\n".join(lines) + "\n\n" + section)
 
 
 if __name__ == "__main__":

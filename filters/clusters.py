@@ -8,11 +8,28 @@ flavour removes rows by the same documented rule:
 
 1. a row whose `priority_column` value comes earlier in `priority` wins (rows whose value is
    not listed rank after every listed one) — e.g. prefer a curated source over a scraped one;
-2. then, with `prefer="longest"`, the row with the most characters in `fields` (the most
-   informative copy; a truncated near-duplicate loses); with `prefer="first"`, no length test;
+2. then `prefer`:
+   - `"cleanest"` (`kalmix dedup`'s default, for exact and near duplicates alike): the least
+     noisy copy, by
+     a. the least upper-case share (`upper_case_tenths`): upper-case letters among the cased
+        letters of `fields`, in tenths (0-10), so an upper-cased or shouting copy loses while
+        ordinary differences of capitalisation (a proper noun, a sentence start) do not count;
+     b. then the least whitespace noise (`whitespace_noise`): leading/trailing whitespace, runs
+        of two or more spaces or tabs, and tabs;
+     length plays no part: a copy with a few words edited or added is no better for being
+     longer;
+   - `"longest"`: the row with the most characters in `fields` (a truncated near duplicate
+     loses, but so does a clean original against its double-spaced or upper-cased-and-padded
+     copy, and against a copy with boilerplate added);
+   - `"first"`: no text test;
 3. then the earliest row (input order), so the result is deterministic.
 
-Everything is numpy over whole arrays: no per-row Python objects, so it holds for 10M rows.
+`python -m benchmarks.dedup --keeper-only` measures the rules on planted noisy copies (how many
+originals each removes instead of their copy): results/dedup.md, section "Keeper".
+
+Everything is numpy (and polars string kernels) over whole arrays: no per-row Python objects,
+so it holds for 10M rows; the noise measures are computed only for rows in clusters of two or
+more.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
@@ -52,9 +70,14 @@ def clusters_from_pairs(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarr
 
 @dataclass(frozen=True)
 class KeeperRule:
-    """Which row of a duplicate cluster survives (see the module docstring)."""
+    """Which row of a duplicate cluster survives (see the module docstring).
 
-    prefer: Literal["longest", "first"] = "longest"
+    The default here stays "longest" (semantic dedup's default); `kalmix dedup`
+    (`filters.dedup.DedupConfig`) defaults to "cleanest"."""
+
+    PREFER = ("cleanest", "longest", "first")
+
+    prefer: Literal["cleanest", "longest", "first"] = "longest"
     fields: tuple[str, ...] = ("query", "positive")
     priority: tuple[str, ...] = ()
     priority_column: str = "source"
@@ -83,6 +106,65 @@ def text_length(table: pa.Table, fields: tuple[str, ...]) -> np.ndarray:
     return total
 
 
+def _string_fields(table: pa.Table, fields: tuple[str, ...]) -> list[str]:
+    names = [n for n in dict.fromkeys(fields) if n in table.column_names]
+    return [n for n in names if pa.types.is_string(table.schema.field(n).type)]
+
+
+# Horizontal whitespace (spaces, tabs, no-break spaces; not line breaks) in runs of two or more.
+_SPACE_RUN = r"[^\S\r\n]{2,}"
+
+
+def upper_case_tenths(table: pa.Table, fields: tuple[str, ...]) -> np.ndarray:
+    """Per row, upper-case letters among the cased letters of the string `fields`, in tenths
+    (0 = under 10%, 10 = all upper case); rows without cased letters (Chinese, digits) are 0."""
+    names = _string_fields(table, fields)
+    if not names:
+        return np.zeros(table.num_rows, dtype=np.int64)
+    frame = pl.from_arrow(table.select(names), rechunk=False)
+    upper = pl.sum_horizontal(pl.col(n).fill_null("").str.count_matches(r"\p{Lu}") for n in names)
+    lower = pl.sum_horizontal(pl.col(n).fill_null("").str.count_matches(r"\p{Ll}") for n in names)
+    counts = frame.select(upper.alias("upper"), lower.alias("lower"))
+    upper_n = counts["upper"].to_numpy().astype(np.int64)
+    cased = upper_n + counts["lower"].to_numpy().astype(np.int64)
+    return (10 * upper_n) // np.maximum(cased, 1)
+
+
+def whitespace_noise(table: pa.Table, fields: tuple[str, ...]) -> np.ndarray:
+    """Per row, whitespace characters a clean copy would not have, summed over the string
+    `fields`: leading and trailing whitespace, the characters beyond the first of every run of
+    two or more spaces/tabs, and every tab. Line breaks inside a text are not noise."""
+    total = np.zeros(table.num_rows, dtype=np.int64)
+    names = _string_fields(table, fields)
+    if not names:
+        return total
+    frame = pl.from_arrow(table.select(names), rechunk=False)
+    parts = []
+    for n in names:
+        text = pl.col(n).fill_null("")
+        inner = text.str.strip_chars()
+        ends = text.str.len_chars() - inner.str.len_chars()
+        runs = inner.str.len_chars() - inner.str.replace_all(_SPACE_RUN, " ").str.len_chars()
+        parts.append((ends + runs + inner.str.count_matches("\t")).cast(pl.Int64))
+    return frame.select(pl.sum_horizontal(parts)).to_series().to_numpy().astype(np.int64)
+
+
+def _noise_keys(
+    table: pa.Table, cluster_ids: np.ndarray, fields: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(upper-case tenths, whitespace noise) per row; 0 for rows alone in their cluster, which
+    are their own keeper whatever the keys (so a 10M-row exact pass measures only its copies)."""
+    n = table.num_rows
+    upper, spaces = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    _, inverse, counts = np.unique(cluster_ids, return_inverse=True, return_counts=True)
+    rows = np.flatnonzero(counts[inverse] > 1)
+    if rows.size:
+        subset = table.select(_string_fields(table, fields)).take(pa.array(rows))
+        upper[rows] = upper_case_tenths(subset, fields)
+        spaces[rows] = whitespace_noise(subset, fields)
+    return upper, spaces
+
+
 def choose_keepers(
     table: pa.Table, cluster_ids: np.ndarray, rule: KeeperRule = KeeperRule()
 ) -> Keepers:
@@ -91,9 +173,14 @@ def choose_keepers(
     cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
     if cluster_ids.shape != (n,):
         raise ValueError(f"cluster_ids has {cluster_ids.size} entries for {n} rows")
+    if rule.prefer not in KeeperRule.PREFER:
+        raise ValueError(f"prefer must be one of {', '.join(KeeperRule.PREFER)}: {rule.prefer!r}")
     order_keys = [np.arange(n, dtype=np.int64)]  # last resort: input order
     if rule.prefer == "longest":
         order_keys.append(-text_length(table, rule.fields))
+    if rule.prefer == "cleanest":
+        upper, spaces = _noise_keys(table, cluster_ids, rule.fields)
+        order_keys += [spaces, upper]  # upper-case share first, then whitespace noise
     if rule.priority and rule.priority_column in table.column_names:
         rank = pc.index_in(table.column(rule.priority_column), pa.array(list(rule.priority)))
         order_keys.append(pc.fill_null(rank, len(rule.priority)).to_numpy().astype(np.int64))

@@ -52,7 +52,13 @@ def dedup(
     ),
     exact_only: bool = typer.Option(False, "--exact-only", help="Skip the MinHash pass."),
     prefer: str = typer.Option(
-        "longest", "--prefer", help="Keeper of a cluster: longest (most text) or first (row order)."
+        "cleanest",
+        "--prefer",
+        help="Keeper of a cluster, after --priority. cleanest (for exact and near duplicates "
+        "alike): the least upper-case share (in tenths of the cased letters), then the least "
+        "whitespace noise (leading/trailing whitespace, runs of spaces, tabs), then the first "
+        "row. longest: the most text, then the first row (keeps an upper-cased, double-spaced "
+        "copy over its clean original). first: row order.",
     ),
     priority: str = PRIORITY,
     hash_name: str = typer.Option(
@@ -85,8 +91,12 @@ def dedup(
 
     Exact duplicates (NFKC, case and whitespace normalised) go first; then MinHash LSH with
     datasketch-identical signatures finds candidates, each verified by its estimated Jaccard.
-    One keeper per cluster (longest text unless --prefer/--priority say otherwise); every
-    removal records dup_of (the keeper's id) and the estimated Jaccard.
+    One keeper per cluster, after --priority: by default (--prefer cleanest) the cleanest
+    copy, for exact copies (equal once normalised) and near duplicates alike: the least
+    upper-case share, then the least whitespace noise, then the first row, so a clean original
+    beats its upper-cased, double-spaced copy. --prefer longest (the most text) or first (row
+    order) override it for both kinds. Every removal records dup_of (the keeper's id) and the
+    estimated Jaccard.
 
     --executor ray runs the same steps on Ray Data (local Ray, or the cluster at --address):
     signatures as map_batches over the Parquet shards, the exact pass and the LSH banding as

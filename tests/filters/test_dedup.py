@@ -1,6 +1,7 @@
 import csv
 import json
 import random
+from dataclasses import replace
 
 import pyarrow as pa
 import pytest
@@ -82,7 +83,7 @@ def test_keeper_is_longest_or_by_priority_and_chains_are_not_trusted():
     result = Dedup(config)(records([a, b, c]))
     kept = result.table.column("query").to_pylist()
     assert kept == [a, c]  # b duplicates a; c is only near b, so it stays
-    longer = Dedup(config)(records([a, a + " extra words here"]))
+    longer = Dedup(replace(config, prefer="longest"))(records([a, a + " extra words here"]))
     assert longer.table.column("query").to_pylist() == [a + " extra words here"]
     same = pa.concat_tables([records([a], source="web"), records([a], source="curated")])
     curated = exact_dedup(same, rule=DedupConfig(priority=("curated",)).rule)
@@ -230,3 +231,64 @@ def test_cli_bad_input_is_one_clear_error_and_one_row_is_a_no_op(cli, cat, tmp_p
     assert "one@v1 -> no new version (nothing changed): rows 1 -> 1; removed: none" in result.output
     assert "no new version" in cli("decontaminate", "one", *against).output
     assert versions.resolve(cat, "one").version == 1
+
+
+def noisy(text: str) -> str:
+    """The copy a scrape leaves: upper case, doubled spaces (normalises to `text`)."""
+    return text.upper().replace(" ", "  ")
+
+
+def test_default_keeper_of_exact_copies_is_the_clean_original_not_the_longest(docs):
+    # Each copy comes before its original, so neither row order nor length finds the original.
+    originals = docs[:4]
+    copies = [noisy(docs[0]), docs[1].upper(), docs[2].replace(" ", "  "), f"\t{docs[3]}  "]
+    table = records(copies + originals)
+    ids = table.column("id").to_pylist()
+    result = Dedup(DedupConfig(workers=1))(table)
+    assert result.table.column("query").to_pylist() == originals
+    removed = {r["id"]: json.loads(r["detail"])["dup_of"] for r in result.removed.to_pylist()}
+    assert removed == {ids[i]: ids[4 + i] for i in range(4)}
+    assert {r["reason"] for r in result.removed.to_pylist()} == {"exact_duplicate"}
+    # The exact pass alone (and the Python API's exact_dedup) follows the same rule.
+    exact = exact_dedup(table, rule=DedupConfig().rule)
+    assert exact.table.column("query").to_pylist() == originals
+    # --prefer longest and first still override: the longer copy (the upper-cased one is as
+    # long as its original, so the first row breaks the tie), or the first row, stays.
+    for prefer in ("longest", "first"):
+        other = Dedup(DedupConfig(prefer=prefer, workers=1))(table)
+        assert other.table.column("query").to_pylist() == copies
+    # --priority still comes before the cleanliness tests.
+    ranked = pa.concat_tables([records(copies[:1], source="curated"), records(originals[:1])])
+    kept = Dedup(DedupConfig(priority=("curated",), workers=1))(ranked)
+    assert kept.table.column("query").to_pylist() == copies[:1]
+    with pytest.raises(KalmixError, match="cleanest, longest, first"):
+        DedupConfig(prefer="shortest")
+
+
+def test_default_keeper_of_near_duplicates_is_the_cleanest_not_the_longest(docs):
+    rng = random.Random(7)
+    noisy_near = noisy(edit_words(docs[0], rng, 2))  # longer than the original, and noisy
+    padded = docs[1] + " Subscribe to our newsletter for weekly updates."  # as clean, longer
+    table = records([noisy_near, docs[0], docs[1], padded])
+    result = Dedup(DedupConfig(workers=1))(table)
+    assert result.stats["near_duplicates"] == 2 and result.stats["exact_duplicates"] == 0
+    assert result.table.column("query").to_pylist() == [docs[0], docs[1]]
+    longest = Dedup(DedupConfig(prefer="longest", workers=1))(table)
+    assert longest.table.column("query").to_pylist() == [noisy_near, padded]
+
+
+def test_cli_dedup_keeps_the_clean_original_and_says_so_in_help(cli, cat, tmp_path, docs):
+    rows = [{"question": q, "answer": "a"} for q in (noisy(docs[0]), docs[0], docs[1])]
+    ingest(cat, write_jsonl(tmp_path / "n.jsonl", rows), name="n", category="faq-retrieval")
+    result = cli("dedup", "n")
+    assert result.exit_code == 0, result.output
+    assert "n@v1 -> n@v2: rows 3 -> 2; removed: exact_duplicate 1" in result.output
+    assert versions.resolve(cat, "n").read().column("query").to_pylist() == docs[:2]
+    assert versions.resolve(cat, "n").params["prefer"] == "cleanest"
+    result = cli("dedup", "n@v1", "--prefer", "longest")
+    assert result.exit_code == 0, result.output
+    kept = versions.resolve(cat, "n").read().column("query").to_pylist()
+    assert kept == [noisy(docs[0]), docs[1]]
+    assert "--prefer must be one of" in str(cli("dedup", "n", "--prefer", "clean").exception)
+    help_text = " ".join(cli("dedup", "--help").output.split())
+    assert "cleanest" in help_text and "whitespace noise" in help_text

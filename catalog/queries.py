@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from catalog.db import Catalog
-from catalog.schema import DATASETS_VIEW_COLUMNS
+from catalog.vocabulary import DATASETS_VIEW_COLUMNS
 from corpus.errors import KalmixError
 
 

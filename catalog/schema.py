@@ -70,12 +70,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 LATEST_VERSION = len(MIGRATIONS)
-
-DATASETS_VIEW_COLUMNS = (
-    "name, category, task_type, domain, language (most common), languages (list), rows, "
-    "latest_version, tags (list), source, is_eval, last_operation, stats (JSON), created_at, "
-    "updated_at"
-)
+# datasets_view's columns as --help and WHERE errors list them (keep in step with the view):
+# `catalog.vocabulary.DATASETS_VIEW_COLUMNS`, which the CLI imports without DuckDB.
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:

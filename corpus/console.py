@@ -6,9 +6,8 @@ import datetime
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,6 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+# Every command imports this module, `kalmix --help` too: Arrow only inside print_json.
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Piped output (CI logs, `make demo | tee`) gets a wide console instead of rich's 80 columns.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 140))
@@ -48,6 +51,8 @@ def print_table(table: pa.Table, title: str | None = None, width: int = 60) -> N
 
 
 def print_json(data: Any) -> None:
+    import pyarrow as pa
+
     if isinstance(data, pa.Table):
         data = data.to_pylist()
     print(json.dumps(data, default=str, ensure_ascii=False, indent=2))

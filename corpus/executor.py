@@ -1,4 +1,5 @@
-"""Executors: where an operator runs, named by the same three words in every command.
+"""Executors: where an operator runs, named by the same three words in every command (defined
+in `corpus.vocabulary`, which the command line imports without this module's Arrow).
 
 `inline` runs the whole version in this process (an operator that needs every row at once);
 `local` maps a row-local operator (language ID, embedding-free filters) over the version's
@@ -14,7 +15,7 @@ import multiprocessing.context
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from corpus.operator import (
     empty_removals,
     removals_schema,
 )
+from corpus.vocabulary import check_executor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -164,26 +166,6 @@ def decode_result(table: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 
 # --- executors: where an operator runs ----------------------------------------------------------
-
-# The executor words every command uses (`--executor`), defined once.
-EXECUTORS: dict[str, str] = {
-    "inline": "in this process",
-    "local": "a process pool on this machine (--workers processes, 0 = one per core)",
-    "ray": "Ray Data on a local Ray, or on the cluster at --address",
-}
-
-
-def executor_help(allowed: Sequence[str] = tuple(EXECUTORS), note: str = "") -> str:
-    """The `--executor` help of a command that runs on `allowed`, with the command's `note`."""
-    words = "; ".join(f"{name}: {EXECUTORS[name]}" for name in allowed)
-    return f"Where it runs. {words}.{' ' + note if note else ''}"
-
-
-def check_executor(name: str, allowed: Sequence[str] = tuple(EXECUTORS)) -> str:
-    """`name` if it is one of the executor words `allowed`; else a `KalmixError`."""
-    if name not in allowed:
-        raise KalmixError(f"unknown --executor {name!r}; one of: {', '.join(allowed)}")
-    return name
 
 
 class Executor(Protocol):

@@ -44,8 +44,8 @@ from synth.generate import (
 )
 from synth.personas import personas_to_records, sample_passages
 from synth.prompts import load_persona_template, load_task_template
+from synth.vocabulary import RETRIEVAL_FORMS
 
-RETRIEVAL_FORMS = ("short-long", "long-short", "short-short", "long-long")
 DEFAULT_SHARD = {"transformers": 32, "openai": 128, "vllm": 1024}
 
 

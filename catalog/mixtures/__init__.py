@@ -36,7 +36,6 @@ from catalog.mixtures.plan import plan_mixture
 from catalog.mixtures.read import SHARD_SCHEMA, iter_dataset_tables, materialize
 from catalog.mixtures.report import composition, diff_mixtures, manifest_table
 from catalog.mixtures.spec import (
-    WEIGHTINGS,
     ManifestEntry,
     MixtureRef,
     MixtureSpec,
@@ -51,6 +50,7 @@ from catalog.mixtures.store import (
     mixtures_dir,
     resolve_mixture,
 )
+from catalog.vocabulary import WEIGHTINGS
 
 __all__ = [
     "ROWS_FILE",

@@ -15,8 +15,9 @@ import numpy as np
 
 from catalog import queries, versions
 from catalog.db import Catalog
-from catalog.mixtures.spec import WEIGHTINGS, ManifestEntry, MixtureSpec
+from catalog.mixtures.spec import ManifestEntry, MixtureSpec
 from catalog.versions import VersionRef
+from catalog.vocabulary import WEIGHTINGS
 from corpus import storage
 from corpus.errors import KalmixError
 from corpus.schema import suggest

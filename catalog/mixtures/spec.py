@@ -14,7 +14,6 @@ from catalog.versions import Ref, VersionRef
 from corpus.errors import KalmixError
 from corpus.toml import read_toml
 
-WEIGHTINGS: tuple[str, ...] = ("proportional", "uniform", "temperature", "explicit")
 Progress = Callable[[int], None]
 
 

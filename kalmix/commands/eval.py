@@ -9,16 +9,20 @@ Heavy imports (mteb, torch) happen inside the commands, so `kalmix --help` stays
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import click
 import typer
 from typer.core import TyperGroup
 
-from catalog.db import Catalog
-from catalog.workspace import Workspace
+# The catalog (DuckDB, Arrow) is imported inside the commands too (kalmix/commands/__init__.py).
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
-from kalmix.commands.options import JSON, split_list
+from kalmix.commands.options import JSON, open_catalog, split_list
+
+if TYPE_CHECKING:
+    import click
+
+    from catalog.workspace import Workspace
 
 HELP = """Evaluate with mteb; scores go to the catalog.
 
@@ -112,7 +116,7 @@ def run(
     """
     from trainer.evaluation.run import EvalConfig, evaluate_many
 
-    cat = Catalog.open(Workspace.resolve())
+    cat = open_catalog()
     config = EvalConfig(
         suite=suite,
         tasks=split_list(tasks),
@@ -175,6 +179,7 @@ def list_tasks(
 
 
 def _workspace_or_none() -> Workspace | None:
+    from catalog.workspace import Workspace
 
     try:
         return Workspace.resolve()
@@ -195,7 +200,7 @@ def import_reference(
     from catalog.scores import import_reference as load
     from trainer.evaluation.suite import task_type_of
 
-    result = load(Catalog.open(Workspace.resolve()), file, task_type_of)
+    result = load(open_catalog(), file, task_type_of)
     console.print(result.line())
 
 
@@ -237,7 +242,7 @@ def compare(
     """
     from catalog.scores import compare_table, lift_table
 
-    cat = Catalog.open(Workspace.resolve())
+    cat = open_catalog()
     picked = _runs_matching(cat, split_list(runs)) if runs else None
     if baseline and not by_mixture:
         raise KalmixError("--baseline goes with --by-mixture")

@@ -6,17 +6,18 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from catalog import mixtures
-from catalog.db import Catalog
-from catalog.mixtures import WEIGHTINGS, ManifestEntry, MixtureSpec, MixtureVersion
-from catalog.schema import DATASETS_VIEW_COLUMNS
-from catalog.workspace import Workspace
+# catalog.mixtures (DuckDB, Arrow) is imported inside the commands (kalmix/commands/__init__.py).
+from catalog.vocabulary import DATASETS_VIEW_COLUMNS, WEIGHTINGS
 from corpus.console import console, print_json, print_table, progress
 from corpus.errors import KalmixError
-from kalmix.commands.options import JSON
+from kalmix.commands.options import JSON, open_catalog
+
+if TYPE_CHECKING:
+    from catalog.mixtures import ManifestEntry, MixtureVersion
 
 app = typer.Typer(
     help="Versioned data mixtures: datasets chosen by a catalog query, weighted, capped, frozen.",
@@ -48,6 +49,8 @@ def _weights(values: list[str] | None) -> dict[str, float] | None:
 
 
 def _print_manifest(entries: list[ManifestEntry], title: str) -> None:
+    from catalog import mixtures
+
     print_table(mixtures.manifest_table(entries), title=title, width=40)
     for by in ("task_type", "category", "language"):
         print_table(mixtures.composition(entries, by), title=f"by {by.replace('_', ' ')}")
@@ -125,6 +128,8 @@ def create(
 
     Example: kalmix mix create en-zh --where "task_type in ('retrieval','sts')" --weighting temperature --tau 2 --budget 200000 --cap 20000 --seed 13
     """
+    from catalog import mixtures
+
     base = mixtures.read_spec_toml(spec_file) if spec_file else {}
     given = {
         "where": where,
@@ -146,8 +151,8 @@ def create(
             **base.get("instructions", {}),
             **_pairs(instruction, "--instruction"),
         }
-    spec = MixtureSpec.from_dict(merged)
-    cat = Catalog.open(Workspace.resolve())
+    spec = mixtures.MixtureSpec.from_dict(merged)
+    cat = open_catalog()
     start = time.perf_counter()
     if dry_run:
         entries = mixtures.plan_mixture(cat, spec)
@@ -176,6 +181,8 @@ create.__doc__ = (create.__doc__ or "").replace("DATASETS_VIEW_COLUMNS", DATASET
 
 
 def _as_dict(mv: MixtureVersion) -> dict:
+    from catalog import mixtures
+
     return {
         "mixture": str(mv.ref),
         "rows": mv.rows,
@@ -197,7 +204,9 @@ def list_(as_json: bool = JSON) -> None:
 
     Example: kalmix mix list
     """
-    table = mixtures.list_mixtures(Catalog.open(Workspace.resolve()))
+    from catalog import mixtures
+
+    table = mixtures.list_mixtures(open_catalog())
     if as_json:
         print_json(table)
     elif table.num_rows == 0:
@@ -215,7 +224,9 @@ def show(
 
     Example: kalmix mix show en-zh@v1
     """
-    mv = mixtures.resolve_mixture(Catalog.open(Workspace.resolve()), ref)
+    from catalog import mixtures
+
+    mv = mixtures.resolve_mixture(open_catalog(), ref)
     if as_json:
         print_json(_as_dict(mv))
         return
@@ -241,7 +252,9 @@ def diff(
 
     Example: kalmix mix diff en-zh@v1 en-zh@v2
     """
-    table = mixtures.diff_mixtures(Catalog.open(Workspace.resolve()), a, b)
+    from catalog import mixtures
+
+    table = mixtures.diff_mixtures(open_catalog(), a, b)
     if as_json:
         print_json(table)
         return
@@ -271,7 +284,9 @@ def materialize(
 
     Example: kalmix mix materialize en-zh@v1 --out shards/en-zh-v1
     """
-    cat = Catalog.open(Workspace.resolve())
+    from catalog import mixtures
+
+    cat = open_catalog()
     mv = mixtures.resolve_mixture(cat, ref)
     start = time.perf_counter()
     with progress(transient=True) as bar:

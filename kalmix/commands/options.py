@@ -10,11 +10,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from corpus.errors import KalmixError
+
+if TYPE_CHECKING:
+    from catalog.db import Catalog
 
 
 def split_list(text: str | None) -> tuple[str, ...]:
@@ -72,6 +75,17 @@ EMBED_BATCH = typer.Option(0, "--batch-size", help="Texts per batch (default: ka
 OUT_RUN = typer.Option(
     ..., "--out-run", help="Run name: checkpoints, metrics and model go to runs/NAME/."
 )
+
+
+def open_catalog() -> Catalog:
+    """The catalog of the workspace (`--workspace`, else $KALMIX_HOME, else the current folder).
+
+    Imported here, when a command runs: DuckDB and Arrow stay out of `--help` (see the package
+    docstring)."""
+    from catalog.db import Catalog
+    from catalog.workspace import Workspace
+
+    return Catalog.open(Workspace.resolve())
 
 
 def grouped(

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from catalog.db import Catalog
-from catalog.workspace import Workspace
+# The synthesis steps, the backends and the catalog are imported inside the commands
+# (kalmix/commands/__init__.py says why).
 from corpus.console import console
 from corpus.errors import KalmixError
-from corpus.executor import check_executor, executor_help
-from kalmix.commands.options import grouped, split_list
-from kalmix.pipeline import StepReport
-from kalmix.synthesis import RETRIEVAL_FORMS, SynthSettings, run_generate, run_personas
-from synth.backends import BACKENDS, BackendConfig, SamplingParams
-from synth.generate import RaySynth
-from synth.prompts import task_types_available
+from corpus.vocabulary import check_executor, executor_help
+from kalmix.commands.options import grouped, open_catalog, split_list
+from synth.vocabulary import BACKENDS, RETRIEVAL_FORMS
+
+if TYPE_CHECKING:
+    from kalmix.pipeline import StepReport
+    from kalmix.synthesis import SynthSettings
 
 app = typer.Typer(
     help="Persona-driven synthesis: personas from corpus text, then task examples as JSON.",
@@ -151,6 +151,10 @@ def _settings(
     gpus_per_actor: float | None,
     tensor_parallel_size: int,
 ) -> SynthSettings:
+    from kalmix.synthesis import SynthSettings
+    from synth.backends import BackendConfig, SamplingParams
+    from synth.generate import RaySynth
+
     if backend not in BACKENDS:
         raise KalmixError(f"unknown --backend {backend!r}; one of: {', '.join(BACKENDS)}")
     check_executor(executor, SYNTH_EXECUTORS)
@@ -217,9 +221,11 @@ def personas(
 
     Example: kalmix synth personas faq --n 200 --backend transformers
     """
+    from kalmix.synthesis import run_personas
+
     settings = _settings(max_tokens=max_tokens, **shared)
     report = run_personas(
-        Catalog.open(Workspace.resolve()),
+        open_catalog(),
         corpus,
         n=n,
         name=name,
@@ -273,6 +279,9 @@ def generate(
 
     Example: kalmix synth generate --personas faq-personas --task-types retrieval,sts --per-persona 2 --languages en,zh --name synth-v1
     """
+    from kalmix.synthesis import run_generate
+    from synth.prompts import task_types_available
+
     settings = _settings(max_tokens=max_tokens, **shared)
     available = task_types_available(templates)
     types = list(split_list(task_types))
@@ -282,7 +291,7 @@ def generate(
             f"unknown task type(s) {', '.join(unknown)}; templates exist for: {', '.join(available)}"
         )
     report = run_generate(
-        Catalog.open(Workspace.resolve()),
+        open_catalog(),
         personas_ref,
         task_types=types,
         per_persona=per_persona,

@@ -1,6 +1,7 @@
 """`kalmix train` and `kalmix soup` (`python -m trainer` is `kalmix train`, for torchrun).
 
-Heavy imports (torch, transformers) happen inside the commands so `kalmix --help` stays fast.
+Heavy imports (torch, transformers, the workspace's Arrow) happen inside the commands so
+`kalmix --help` stays fast (kalmix/commands/__init__.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 
 import typer
 
-from catalog.workspace import Workspace
 from corpus.errors import KalmixError
 from kalmix.commands.options import OUT_RUN, grouped, numbers
 
@@ -177,6 +177,7 @@ def train(
 
     Example: kalmix train raw@v1 --arch static --out-run proxy-raw-s1 --seed 1
     """
+    from catalog.workspace import Workspace
     from trainer.config import TrainConfig
     from trainer.train import train as run_training
 
@@ -234,6 +235,7 @@ def soup(
 
     Example: kalmix soup minilm-a minilm-b --weights 0.6,0.4 --out-run minilm-soup
     """
+    from catalog.workspace import Workspace
     from trainer.soup import soup as make_soup
 
     values = numbers(weights, "--weights")

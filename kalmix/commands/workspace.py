@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from catalog.db import Catalog
-from catalog.workspace import Workspace
+# The catalog and ingest are imported inside the commands (kalmix/commands/__init__.py says why).
 from corpus.console import console
+from kalmix.commands.options import open_catalog
 
 
 def init(
@@ -25,6 +25,9 @@ def init(
 
     Example: kalmix init ws/ && export KALMIX_HOME=ws
     """
+    from catalog.db import Catalog
+    from catalog.workspace import Workspace
+
     ws = Workspace.init(path, data)
     with Catalog.open(ws).read() as con:
         n = con.execute("SELECT count(*) FROM categories").fetchall()[0][0]
@@ -71,7 +74,7 @@ def ingest(
     """
     from kalmix.ingest import ingest as run_ingest
 
-    cat = Catalog.open(Workspace.resolve())
+    cat = open_catalog()
     with console.status(f"ingesting {file} ...") as status:
         result = run_ingest(
             cat,

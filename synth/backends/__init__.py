@@ -27,6 +27,7 @@ from synth.backends.transformers import (
     model_cache_root,
 )
 from synth.backends.vllm import VLLMBackend
+from synth.vocabulary import BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -46,8 +47,6 @@ __all__ = [
     "model_name",
     "resolve_local_model",
 ]
-
-BACKENDS = ("transformers", "openai", "vllm")
 
 
 def model_name(config: BackendConfig) -> str:

@@ -249,10 +249,12 @@ def run_generate(
     templates: Path | None = None,
     show_progress: bool = True,
     constrain: bool = True,
+    gate: bool = True,
 ) -> StepReport:
     """persona -> task -> JSON example for every persona x task type; one dataset per type.
     `constrain`: the example step decodes under each task type's JSON Schema (off: the output
-    is only validated against it)."""
+    is only validated against it). `gate`: valid examples then pass the semantic quality gate
+    (`synth.gate`, on the workspace's embedder); its rejections are removals like the others."""
     start = time.perf_counter()
     source = versions.resolve(cat, personas)
     if source.category != "persona":
@@ -294,6 +296,7 @@ def run_generate(
         "languages": languages,
         "retrieval_forms": list(retrieval_forms),
         "constrain": constrain,
+        "gate": _gate_params(cat) if gate else None,
         "template_hashes": {t: tpl.hash for t, tpl in loaded.items()},
         **_settings_params(settings, op, model),
     }
@@ -308,6 +311,8 @@ def run_generate(
         "personas": str(source.ref),
     }
     results = examples_to_records(jobs, run.results, loaded, meta)
+    if gate:
+        results = _apply_gate(cat, loaded, results)
     stats = {**summarize(run.results), "resumed_jobs": run.resumed}
     stats["seconds"] = round(time.perf_counter() - start, 2)
     params = {**key, "backend_config": settings.backend.public(), "executor": settings.executor}
@@ -328,5 +333,47 @@ def run_generate(
         {
             **stats,
             "duplicates_removed": sum(r.stats["duplicates_removed"] for r in results.values()),
+            "gate_rejected": sum(
+                sum(r.stats["gate"]["rejected_by_reason"].values())
+                for r in results.values()
+                if "gate" in r.stats
+            ),
         },
     )
+
+
+def _gate_embedder(cat: Catalog):
+    """The workspace's embedder (settings `[embedder]`; default all-MiniLM-L6-v2), cached."""
+    from filters.embedder import Embedder
+
+    settings = cat.workspace.settings.get("embedder", {})
+    return Embedder(
+        settings.get("model") or None,
+        cat.workspace.cache_dir,
+        batch_size=int(settings.get("batch_size", 64)),
+    )
+
+
+def _gate_params(cat: Catalog) -> dict[str, Any]:
+    from synth.gate import COPY_SIMILARITY, TASK_MARGIN
+
+    model = cat.workspace.settings.get("embedder", {}).get("model") or "all-MiniLM-L6-v2"
+    return {"model": model, "copy_similarity": COPY_SIMILARITY, "task_margin": TASK_MARGIN}
+
+
+def _apply_gate(cat: Catalog, templates: dict, results: dict[str, OpResult]) -> dict:
+    """Each task type's valid records through `synth.gate.QualityGate`; its removals join the
+    type's removals, its counts the type's stats under "gate"."""
+    from synth.gate import QualityGate
+
+    embedder = _gate_embedder(cat)
+    out = {}
+    for task_type, result in results.items():
+        gate = QualityGate(embedder.encode, templates[task_type], model=embedder.name)
+        judged = gate(result.table)
+        out[task_type] = OpResult(
+            judged.table,
+            pa.concat_tables([result.removed, judged.removed]),
+            {**result.stats, "gate": judged.stats},
+        )
+    return out

@@ -264,6 +264,12 @@ def generate(
         help="Do not constrain the examples to their task type's JSON schema while decoding "
         "(they are still validated against it); for comparison.",
     ),
+    no_gate: bool = typer.Option(
+        False,
+        "--no-gate",
+        help="Keep valid examples without the semantic quality gate (task_mismatch, "
+        "positive_not_first, copied_example on the workspace's embedder).",
+    ),
     templates: Path = TEMPLATES,
     shared: dict[str, Any] = None,  # type: ignore[assignment]  # filled by @grouped
 ) -> None:
@@ -301,5 +307,6 @@ def generate(
         retrieval_forms=list(split_list(retrieval_forms)),
         templates=templates,
         constrain=not no_constrain,
+        gate=not no_gate,
     )
     _print_report(report)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from jsonschema import Draft202012Validator
 
+from catalog import versions
 from corpus.errors import KalmixError
 from kalmix.synthesis import SynthSettings, run_generate
 from synth.backends import BackendConfig, OpenAIBackend, Prompt, SamplingParams
@@ -200,3 +201,13 @@ def test_prose_from_a_server_that_ignores_the_schema_is_rejected_and_the_run_goe
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_cli_no_constrain_and_no_gate_are_recorded(cat, personas, cli):
+    common = ["--personas", "faq-personas", "--task-types", "sts", "--per-persona", "1"]
+    common += ["--max-tokens", "24", "--max-retries", "0", "--threads", "1", "--temperature", "0"]
+    result = cli("synth", "generate", *common, "--name", "plain", "--no-constrain", "--no-gate")
+    assert result.exception is None, result.output
+    params = versions.resolve(cat, "plain").params
+    assert params["constrain"] is False and params["gate"] is None
+    assert "gate" not in versions.resolve(cat, "plain").stats["synth"]

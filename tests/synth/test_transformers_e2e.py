@@ -9,6 +9,7 @@ from catalog import queries, versions
 from catalog.versions import VersionRef
 from corpus.errors import KalmixError
 from kalmix.synthesis import SynthSettings, run_generate, run_personas
+from synth.gate import GATE_REASONS
 from tests.synth.conftest import FAST, records_meta, transformers_config
 
 MODEL = "SmolLM2-135M-Instruct.Q4_1"
@@ -59,10 +60,10 @@ def test_generate_two_task_types_into_catalog(cat, personas):
         assert info.parent == VersionRef("faq-personas", 1) and info.category == category
         removed = queries.removals_summary(cat, name, 1).to_pylist()
         assert info.rows + sum(r["rows"] for r in removed) == 2  # nothing silently dropped
-        for r in removed:
-            assert r["reason"] in ("duplicate", "backend_error") or r["reason"].startswith(
-                ("task:", "example:")
-            )
+        for r in removed:  # generation's, duplicates, and the semantic gate's reasons
+            assert r["reason"] in ("duplicate", "backend_error", *GATE_REASONS) or r[
+                "reason"
+            ].startswith(("task:", "example:"))
         table = info.read()
         total_valid += table.num_rows
         for row, meta in zip(table.to_pylist(), records_meta(table), strict=True):
@@ -77,6 +78,12 @@ def test_generate_two_task_types_into_catalog(cat, personas):
     assert stats["jobs"] == 2 and stats["valid"] + stats["rejected"] == 2  # this task type's
     assert stats["requests"] >= 2 and stats["resumed_jobs"] == 0
     assert stats["run"]["jobs"] == 4 and stats["run"]["requests"] >= 4  # the whole run
+    gate = stats["gate"]  # the valid examples' semantic gate, counted per task type
+    assert gate["checked"] == gate["passed"] + sum(gate["rejected_by_reason"].values())
+    assert gate["model"] == "all-MiniLM-L6-v2" and set(gate["rejected_by_reason"]) <= set(
+        GATE_REASONS
+    )
+    assert versions.resolve(cat, "synth-v1-sts").params["constrain"] is True
     assert report.rows_out == total_valid
 
 

@@ -37,6 +37,17 @@ def machine() -> dict:
     }
 
 
+def uptime() -> str:
+    """`uptime`'s line (the load average), for a results file: the machine may be shared."""
+    import os
+
+    try:
+        out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        out = ""
+    return out.strip() or "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def run_child(code: str, *args: str) -> tuple[float, float, str]:
     """Run `code` in a fresh Python; return (seconds, its own peak RSS in MiB, stdout)."""
     code += "\nimport resource as _r, sys as _s\n_s.stderr.write(f'PEAK {_r.getrusage(_r.RUSAGE_SELF).ru_maxrss}\\n')\n"

@@ -15,6 +15,7 @@ during a run keeps working.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -127,14 +128,15 @@ def create_run(
     mixture: str | None,
     mixture_version: int | None,
     base_model: str,
-    config: dict[str, Any],
-    git_commit: str | None,
-    pid: int,
+    config: dict[str, Any] | None = None,
+    git_commit: str | None = None,
+    pid: int | None = None,
     kind: str = "train",
 ) -> RunInfo:
     """Insert a `running` row; a name already used is an error (resume it or pick another).
 
-    A soup (kind `soup`) has no mixture of its own: its config names its parts.
+    `pid` is the process doing the run, this one unless said otherwise (the dashboard checks
+    it is alive). A soup (kind `soup`) has no mixture of its own: its config names its parts.
     """
     path = run_dir(cat, name).relative_to(cat.workspace.root)
     with cat.write() as con:
@@ -153,10 +155,10 @@ def create_run(
                 mixture,
                 mixture_version,
                 base_model,
-                json.dumps(config, sort_keys=True, default=str),
+                json.dumps(config or {}, sort_keys=True, default=str),
                 git_commit,
                 str(path),
-                pid,
+                os.getpid() if pid is None else pid,
             ],
         )
     return require_run(cat, name)

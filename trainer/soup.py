@@ -167,8 +167,6 @@ def soup(
             "weights": norm,
             "part_mixtures": [info.mixture_ref for info in infos],
         },
-        git_commit=None,
-        pid=os.getpid(),
         kind="soup",
     )
     model_path = runs.run_dir(cat, out_run) / runs.MODEL_FOLDER

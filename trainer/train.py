@@ -261,7 +261,6 @@ class _Run:
                 base_model=self.cfg.base,
                 config=self.cfg.to_dict(),
                 git_commit=commit,
-                pid=os.getpid(),
             )
 
     def execute(self, on_step: OnStep | None) -> TrainResult:

@@ -29,8 +29,6 @@ def scored(cat):
             mixture_version=seed + 1,
             base_model="static",
             config={"seed": seed},
-            git_commit=None,
-            pid=1,
         )
         record_scores(
             cat,

@@ -10,6 +10,7 @@ from catalog import queries, versions
 from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo, VersionRef
 from corpus.errors import KalmixError
+from corpus.schema import TASK_TYPES
 from corpus.writer import write_table
 from kalmix.ingest import ingest
 from tests.conftest import record_table, write_jsonl
@@ -24,15 +25,7 @@ def records(n: int, prefix: str = "q") -> pa.Table:
 def test_taxonomy_has_100_categories_of_every_task_type(cat):
     table = queries.categories(cat)
     assert table.num_rows >= 100
-    assert set(table.column("task_type").to_pylist()) == {
-        "retrieval",
-        "sts",
-        "classification",
-        "clustering",
-        "pair_classification",
-        "reranking",
-        "bitext",
-    }
+    assert set(table.column("task_type").to_pylist()) == set(TASK_TYPES)
     assert all(table.column("instruction").to_pylist())
 
 

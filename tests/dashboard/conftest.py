@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from importlib import resources
 from pathlib import Path
 
@@ -170,7 +173,6 @@ def _runs_and_scores(ws: Workspace, cat) -> None:
             mixture_version=version,
             base_model="tiny-model",
             config={"max_steps": steps},
-            git_commit=None,
             pid=dead_pid(),
         )
         if status != "running":
@@ -210,6 +212,29 @@ def _runs_and_scores(ws: Workspace, cat) -> None:
                 for task, task_type in TASKS.items()
             ],
         )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, out: Path, timeout_s: float = 90) -> None:
+    """Wait for the Streamlit server on `port` to answer its health check; a server that exits
+    or stays silent fails the test with what it printed to `out`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the dashboard did not come up (exit {proc.poll()}):\n{out.read_text()}")
+        time.sleep(0.3)
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from catalog.db import Catalog
 from dashboard.server import streamlit_command
+from tests.dashboard.conftest import free_port, wait_healthy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -51,12 +49,6 @@ PAGES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _missing(reason: str) -> None:
     """Skip, or fail under CI=true (where the browser must be there)."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -76,9 +68,16 @@ def playwright_api():
     return api
 
 
+def enter(where, role: str, name: str, value: str) -> None:
+    """Type `value` into the input called `name` and press Enter, as Streamlit wants."""
+    field = where.get_by_role(role, name=name)
+    field.fill(value)
+    field.press("Enter")
+
+
 def start_server(root: Path, tmp_path: Path):
     """`streamlit run` on the workspace, as `kalmix dashboard` starts it; yields its URL."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
         streamlit_command(port, "127.0.0.1"),
@@ -87,22 +86,9 @@ def start_server(root: Path, tmp_path: Path):
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                if resp.read() == b"ok":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail("streamlit did not come up:\n" + (tmp_path / "streamlit.log").read_text())
-        time.sleep(0.3)
     try:
-        yield url
+        wait_healthy(port, proc, tmp_path / "streamlit.log")
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:
@@ -206,9 +192,12 @@ def test_every_page_renders_in_chromium(browser, server, tmp_path):
 
     open_page("Mixtures")
     page.get_by_text("SQL WHERE", exact=True).click()
-    where = page.get_by_role("textbox", name="WHERE over the datasets view")
-    where.fill("task_type IN ('retrieval', 'sts', 'classification')")
-    where.press("Enter")
+    enter(
+        page,
+        "textbox",
+        "WHERE over the datasets view",
+        "task_type IN ('retrieval', 'sts', 'classification')",
+    )
     page.get_by_text("rows available").wait_for()
     page.locator(".js-plotly-plot").nth(2).wait_for(state="visible")
     settle(page)
@@ -238,13 +227,9 @@ def test_create_a_mixture_from_the_mixtures_page(browser, writable_server, fresh
     page.goto(f"{writable_server}/mixtures")
     page.get_by_role("heading", name="Mixtures", exact=True).wait_for()
     page.get_by_text("SQL WHERE", exact=True).click()
-    where = page.get_by_role("textbox", name="WHERE over the datasets view")
-    where.fill("task_type = 'sts'")
-    where.press("Enter")
+    enter(page, "textbox", "WHERE over the datasets view", "task_type = 'sts'")
     page.get_by_text("rows available").wait_for()
-    name = page.get_by_role("textbox", name="mixture name (an existing name gets its next version)")
-    name.fill("mix-browser")
-    name.press("Enter")
+    enter(page, "textbox", "mixture name (an existing name gets its next version)", "mix-browser")
     page.get_by_text("kalmix mix create mix-browser").first.wait_for()
     settle(page)
     page.get_by_role("button", name="Create", exact=True).click()
@@ -273,18 +258,12 @@ def test_start_a_training_run_from_the_runs_page(browser, writable_server, fresh
     page.get_by_role("button", name="Start training").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_role("textbox", name="run name").wait_for()
-    run_name = dialog.get_by_role("textbox", name="run name")
-    run_name.fill("browser-run")
-    run_name.press("Enter")
-    steps = dialog.get_by_role("spinbutton", name="max steps (0: by epochs)")
-    steps.fill("3")
-    steps.press("Enter")
-    batch = dialog.get_by_role("spinbutton", name="batch size (0: default 64)")
-    batch.fill("8")
-    batch.press("Enter")
-    extra = dialog.get_by_role("textbox", name="more options, as on the command line")
-    extra.fill("--max-length 32 --negatives 1")
-    extra.press("Enter")
+    enter(dialog, "textbox", "run name", "browser-run")
+    enter(dialog, "spinbutton", "max steps (0: by epochs)", "3")
+    enter(dialog, "spinbutton", "batch size (0: default 64)", "8")
+    enter(
+        dialog, "textbox", "more options, as on the command line", "--max-length 32 --negatives 1"
+    )
     dialog.get_by_text("--max-steps 3").first.wait_for()
     settle(page)
     dialog.get_by_role("button", name="Start kalmix train").click()

@@ -14,36 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-
-import pytest
 
 from dashboard import auth
 from dashboard import server as dashboard_server
+from tests.dashboard.conftest import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(port: int, proc: subprocess.Popen, out: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.read() == b"ok":
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the dashboard did not come up (exit {proc.poll()}):\n{out.read_text()}")
-        time.sleep(0.3)
 
 
 def _start(tmp_path: Path, ws_root: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
@@ -85,10 +62,10 @@ def _stop(proc: subprocess.Popen) -> int:
 
 
 def test_dashboard_never_prompts_with_stdin_closed_and_a_fresh_home(dashboard_ws, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc, out, opened = _start(tmp_path, dashboard_ws.root, "--port", str(port))
     try:
-        _healthy(port, proc, out)
+        wait_healthy(port, proc, out)
         deadline = time.monotonic() + 30
         while not opened.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -105,12 +82,12 @@ def test_dashboard_never_prompts_with_stdin_closed_and_a_fresh_home(dashboard_ws
 
 
 def test_dashboard_on_a_public_address_prints_a_token(dashboard_ws, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc, out, opened = _start(
         tmp_path, dashboard_ws.root, "--host", "0.0.0.0", "--port", str(port), "--no-browser"
     )
     try:
-        _healthy(port, proc, out)
+        wait_healthy(port, proc, out)
     finally:
         code = _stop(proc)
     text = out.read_text()
@@ -139,7 +116,7 @@ def test_dashboard_hands_the_token_to_the_app_only_off_loopback(dashboard_ws, cl
     monkeypatch.setattr(dashboard_server, "can_open_browser", lambda: False)
     monkeypatch.setenv(auth.TOKEN_ENV, "")
     ws = str(dashboard_ws.root)
-    port = str(_free_port())
+    port = str(free_port())
     for args in (
         [],
         ["--host", "0.0.0.0"],

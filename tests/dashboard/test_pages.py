@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -163,26 +164,30 @@ def test_runs_page_shows_status_curves_logs_and_stale_runs(dashboard_ws, use_ws)
     assert "process" in texts(stale.warning) and "gone" in texts(stale.warning)
 
 
-def test_cancel_sends_sigterm_to_the_runs_process(fresh_ws, use_ws):
-    use_ws(fresh_ws)
+@contextlib.contextmanager
+def live_run(ws):
+    """A live process registered as the running run `run-live`; killed on leaving."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "run-live"])
     try:
-        cat = Catalog.open(fresh_ws)
         runs.create_run(
-            cat,
+            Catalog.open(ws),
             "run-live",
             mixture="mix-a",
             mixture_version=1,
             base_model="tiny-model",
-            config={},
-            git_commit=None,
             pid=proc.pid,
         )
+        yield proc
+    finally:
+        proc.kill()
+
+
+def test_cancel_sends_sigterm_to_the_runs_process(fresh_ws, use_ws):
+    use_ws(fresh_ws)
+    with live_run(fresh_ws) as proc:
         at = clean(render("views/runs.py", run="run-live"))
         at.button(key="cancel_run-live").click().run()
         assert proc.wait(timeout=20) == -signal.SIGTERM
-    finally:
-        proc.kill()
     with pytest.raises(Exception, match="no live process"):
         actions.cancel(dead_pid(), "run-live")
 
@@ -415,24 +420,11 @@ def test_the_token_in_the_url_lets_a_session_start_processes(fresh_ws, use_ws, m
 def test_without_the_token_nothing_is_started_or_signalled(fresh_ws, use_ws, monkeypatch):
     use_ws(fresh_ws)
     monkeypatch.setenv(auth.TOKEN_ENV, TOKEN)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "run-live"])
-    try:
-        runs.create_run(
-            Catalog.open(fresh_ws),
-            "run-live",
-            mixture="mix-a",
-            mixture_version=1,
-            base_model="tiny-model",
-            config={},
-            git_commit=None,
-            pid=proc.pid,
-        )
+    with live_run(fresh_ws) as proc:
         at = clean(render("views/runs.py", run="run-live"))
         at.button(key="cancel_run-live").click().run()
         assert "Cancelling run run-live is refused" in texts(at.error)
         assert proc.poll() is None  # not signalled
-    finally:
-        proc.kill()
     # The actions refuse too, whichever page (or a page that forgets to check) calls them.
     log = fresh_ws.runs_dir / "probe" / "stdout.log"
     for call in (

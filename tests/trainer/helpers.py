@@ -18,15 +18,24 @@ from pathlib import Path
 
 import torch
 
+from catalog import runs
 from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from catalog.workspace import Workspace
 from kalmix.ingest import ingest
+from trainer.checkpoint import list_checkpoints
 from trainer.config import TrainConfig
 from trainer.train import METRICS_FILE, train
 
 SAMPLE = Path(__file__).resolve().parents[2] / "corpus" / "sample"
 VOCAB = 8192
+# The size of every tiny model: 2 layers of width 64, 4 heads.
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
 
 
 def training_workspace(root: Path) -> tuple[Workspace, str]:
@@ -80,10 +89,7 @@ def tiny_decoder(folder: Path, family: str = "qwen2", *, seed: int = 0) -> Path:
     config = AutoConfig.for_model(
         family,
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY,
         num_key_value_heads=2,
         head_dim=16,
         max_position_embeddings=512,
@@ -104,13 +110,7 @@ def tiny_bert(folder: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(default_base())
     tokenizer.save_pretrained(folder)
     config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
+        vocab_size=len(tokenizer), **TINY, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
@@ -145,3 +145,28 @@ def train_two_processes(ws: Workspace, run: str, mixture: str, cfg: TrainConfig)
     mp.start_processes(
         _rank_main, args=(port, str(ws.root), run, mixture, cfg), nprocs=2, start_method="fork"
     )
+
+
+def cut_and_resumed(ws: Workspace, mixture: str, cfg: TrainConfig, name: str):
+    """Train `cfg` (4 steps, a checkpoint every 2) twice: `name`-whole straight through, and
+    `name` stopped by Ctrl-C after step 3, then resumed from its step-2 checkpoint. Checks that
+    the resumed run logged the same losses; returns (whole, the cut run's row, resumed)."""
+    whole = train(ws, run_name=f"{name}-whole", mixture=mixture, cfg=cfg)
+
+    def interrupt(step: int, _record: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    try:
+        train(ws, run_name=name, mixture=mixture, cfg=cfg, on_step=interrupt)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the run was not interrupted")
+    info = runs.get_run(Catalog.open(ws), name)
+    assert [p.name for p in list_checkpoints(info.path)] == ["step-000002"]
+    resumed = train(ws, run_name=name, resume=True)
+    assert [r["loss"] for r in metrics(info.path)] == [
+        r["loss"] for r in metrics(whole.model_path.parent)
+    ]
+    return whole, info, resumed

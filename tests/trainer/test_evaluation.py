@@ -191,9 +191,6 @@ def test_a_run_is_scored_against_its_mixture_version(stsb_report, eval_ws, minil
         mixture="curated",
         mixture_version=2,
         base_model=minilm,
-        config={},
-        git_commit=None,
-        pid=1,
     )
     shutil.copytree(minilm, run.model_path)  # the exported model (here: the base weights)
     report = evaluate(cat, "tuned", EvalConfig(tasks=("STSBenchmark",)))
@@ -253,9 +250,6 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(eval_ws, minilm, tmp_path
         mixture="m",
         mixture_version=1,
         base_model=minilm,
-        config={},
-        git_commit=None,
-        pid=1,
     )
     with pytest.raises(KalmixError, match="run untrained has no exported model"):
         evaluate(cat, "untrained", EvalConfig(tasks=("STSBenchmark",)))

@@ -80,7 +80,7 @@ def test_stage_settings_are_checked(env):
         ({"stages": ({"mixture": env.mix, "seed": 3},)}, None, "'seed' is set for the whole run"),
         ({"stages": ({"mixture": env.mix, "lrr": 3},)}, None, "unknown training setting 'lrr'"),
         ({"stages": ({"mixture": env.mix},)}, env.mix, "drop the mixture argument"),
-        ({"matryoshka_dims": (64,), "max_steps": 1}, env.mix, "exceed the model's 32"),
+        ({"matryoshka_dims": (128,), "max_steps": 1}, env.mix, "exceed the model's 64"),
     ]
     for settings, mixture, message in cases:
         cfg = TrainConfig(base=env.bert, **FAST, **settings)
@@ -137,7 +137,7 @@ def test_soup_averages_same_architecture_runs_and_refuses_others(env, tmp_path, 
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(info.model_path), device="cpu")
-    assert st.encode(["hello"]).shape == (1, 32) and declared_dims(info.model_path) == [32, 16]
+    assert st.encode(["hello"]).shape == (1, 64) and declared_dims(info.model_path) == [32, 16]
 
     decoder = str(tiny_decoder(tmp_path / "qwen2"))
     cfg = TrainConfig(base=decoder, **FAST, max_steps=1)

@@ -16,8 +16,13 @@ from catalog import runs
 from catalog.db import Catalog
 from corpus.errors import KalmixError
 from tests.conftest import SHARED_DATA
-from tests.trainer.helpers import metrics, tiny_decoder, train_two_processes, training_workspace
-from trainer.checkpoint import list_checkpoints
+from tests.trainer.helpers import (
+    cut_and_resumed,
+    metrics,
+    tiny_decoder,
+    train_two_processes,
+    training_workspace,
+)
 from trainer.config import ARCH_DEFAULTS, TrainConfig
 from trainer.data import BatchSampler, load_mixture
 from trainer.distributed import Dist
@@ -100,22 +105,9 @@ def test_exported_folder_gives_the_trainer_embeddings(env, tmp_path):
 
 def test_interrupted_static_run_resumes_bit_for_bit(env):
     cfg = TrainConfig(arch="static", **SMALL, max_steps=4, checkpoint_every=2)
-    whole = train(env.ws, run_name="s-whole", mixture=env.mix, cfg=cfg)
-
-    def interrupt(step: int, _record: dict) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(env.ws, run_name="s-cut", mixture=env.mix, cfg=cfg, on_step=interrupt)
-    info = runs.get_run(env.cat, "s-cut")
-    assert [p.name for p in list_checkpoints(info.path)] == ["step-000002"]
-    resumed = train(env.ws, run_name="s-cut", resume=True)
+    whole, _, resumed = cut_and_resumed(env.ws, env.mix, cfg, "s-cut")
     assert resumed.steps == 4 and runs.get_run(env.cat, "s-cut").config["arch"] == "static"
     assert torch.equal(table(whole.model_path), table(resumed.model_path))
-    assert [r["loss"] for r in metrics(info.path)] == [
-        r["loss"] for r in metrics(whole.model_path.parent)
-    ]
 
 
 def test_distilled_init_ranks_a_paraphrase_above_an_unrelated_text(env):

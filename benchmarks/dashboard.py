@@ -273,13 +273,12 @@ from catalog import versions
 from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo
 from catalog.workspace import Workspace
-from corpus.schema import attach_ids
+from corpus.schema import record_table
 cat = Catalog.open(Workspace.load(sys.argv[1]))
 n = 0
 while True:
-    table = attach_ids(pa.table({"task_type": ["retrieval"], "category": ["faq-retrieval"],
-        "instruction": [None], "query": [f"q{n}"], "positive": ["p"], "negatives": [[]],
-        "score": [None], "label": [None], "language": ["en"], "source": ["w"], "meta": ["{}"]}))
+    table = record_table([f"q{n}"], task_type="retrieval", category="faq-retrieval",
+        positive="p", language="en", source="w")
     versions.commit(cat, Commit("writer", table, "ingest", {}, info=DatasetInfo("writer",
         "faq-retrieval", "retrieval")))
     with cat.write() as con:

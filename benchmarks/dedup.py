@@ -43,7 +43,6 @@ import os
 import random
 import re
 import resource
-import subprocess
 import sysconfig
 import tempfile
 import time
@@ -55,7 +54,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import RESULTS, run_child, write_results
+from benchmarks.common import RESULTS, run_child, uptime, write_results
 from corpus.executor import default_workers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -360,26 +359,9 @@ def run_datasketch(texts: list[str], kind: str, workers: int) -> dict:
 
 def corpus_table(docs: list[str]) -> pa.Table:
     """The documents as records (in `query`), ids attached."""
-    from corpus.schema import attach_ids
+    from corpus.schema import record_table
 
-    n = len(docs)
-    return attach_ids(
-        pa.table(
-            {
-                "task_type": ["retrieval"] * n,
-                "category": ["bench"] * n,
-                "instruction": [None] * n,
-                "query": docs,
-                "positive": [None] * n,
-                "negatives": [[] for _ in range(n)],
-                "score": [None] * n,
-                "label": [None] * n,
-                "language": [None] * n,
-                "source": ["bench"] * n,
-                "meta": ["{}"] * n,
-            }
-        )
-    )
+    return record_table(docs, task_type="retrieval", category="bench", source="bench")
 
 
 # --- keeper ------------------------------------------------------------------------------------
@@ -396,14 +378,6 @@ ORDERS = {
     "copies last": "every copy after all originals (the order of a corpus that grew by "
     "scraping: row order alone finds the original)",
 }
-
-
-def uptime() -> str:
-    try:
-        out = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        out = ""
-    return out.strip() or "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _keeper_order(docs, planted, order: str):

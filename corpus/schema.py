@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import threading
+from typing import Any
 
 import duckdb
 import polars as pl
@@ -238,6 +239,27 @@ def to_records(
     assert out.height == n
     records = out.to_arrow()
     return attach_ids(records)
+
+
+def record_table(
+    queries: list[str | None], *, negatives: list[list[str]] | None = None, **fields: Any
+) -> pa.Table:
+    """Records with these queries, in the schema and with ids: each other field is a list (one
+    value a row) or one value for every row; a field not given is null (`negatives` empty,
+    `meta` "{}"). For records made in code (personas, benchmarks, tests), not from files."""
+    n = len(queries)
+    columns: dict[str, Any] = {"query": queries, "negatives": negatives or [[] for _ in range(n)]}
+    for name in RECORD_FIELDS:
+        if name in ("id", "query", "negatives"):
+            continue
+        value = fields.pop(name, "{}" if name == "meta" else None)
+        if isinstance(value, list):
+            columns[name] = value
+        else:
+            columns[name] = pa.array([value] * n, RECORD_SCHEMA.field(name).type)
+    if fields:
+        raise KalmixError(f"not record field(s): {', '.join(sorted(fields))}")
+    return attach_ids(pa.table(columns))
 
 
 def attach_ids(table: pa.Table) -> pa.Table:

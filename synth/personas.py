@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from corpus.minhash import MinHashConfig, MinHasher, candidate_pairs, lsh_params
 from corpus.operator import OpResult, removal_table, split_by_mask
-from corpus.schema import UNKNOWN_LANGUAGE, attach_ids
+from corpus.schema import UNKNOWN_LANGUAGE, record_table
 from corpus.text import ngram_spans, normalized, shingle_text
 from synth.prompts import PersonaTemplate
 
@@ -153,34 +153,25 @@ def personas_to_records(
         (job, by_job[job["job_id"]]) for job in jobs.to_pylist() if by_job[job["job_id"]]["ok"]
     ]
     personas = [json.loads(r["outputs"])["persona"] for _, r in kept_rows]
-    n = len(kept_rows)
-    table = attach_ids(
-        pa.table(
-            {
-                "task_type": ["retrieval"] * n,
-                "category": ["persona"] * n,
-                "instruction": [None] * n,
-                "query": personas,
-                "positive": [job["passage"] for job, _ in kept_rows],
-                "negatives": [[] for _ in range(n)],
-                "score": pa.nulls(n, pa.float64()),
-                "label": pa.nulls(n, pa.string()),
-                "language": [job["language"] for job, _ in kept_rows],
-                "source": ["synth"] * n,
-                "meta": [
-                    json.dumps(
-                        {
-                            **meta,
-                            "passage_id": job["passage_id"],
-                            "job_id": job["job_id"],
-                            "attempts": result["attempts"],
-                        },
-                        ensure_ascii=False,
-                    )
-                    for job, result in kept_rows
-                ],
-            }
-        )
+    table = record_table(
+        personas,
+        task_type="retrieval",
+        category="persona",
+        positive=[job["passage"] for job, _ in kept_rows],
+        language=[job["language"] for job, _ in kept_rows],
+        source="synth",
+        meta=[
+            json.dumps(
+                {
+                    **meta,
+                    "passage_id": job["passage_id"],
+                    "job_id": job["job_id"],
+                    "attempts": result["attempts"],
+                },
+                ensure_ascii=False,
+            )
+            for job, result in kept_rows
+        ],
     )
     dup_of = near_duplicates(personas, threshold)
     ids = table.column("id").to_pylist()

@@ -9,13 +9,12 @@ import os
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from catalog.db import Catalog
 from catalog.workspace import Workspace
-from corpus.schema import attach_ids
+from corpus import schema
 
 SHARED_DATA = Path(
     os.environ.get("KALMIX_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -63,15 +62,8 @@ RECORD_DEFAULTS = {
 
 
 def record_table(queries: list[str], *, negatives: list[list[str]] | None = None, **fields):
-    """Records in the one schema (ids attached) with these queries: each other field is a list
-    (one value a row) or one value for every row, `RECORD_DEFAULTS` where not given."""
-    n = len(queries)
-    columns: dict = {"query": queries, "negatives": negatives or [[] for _ in range(n)]}
-    for name, default in RECORD_DEFAULTS.items():
-        value = fields.pop(name, default)
-        columns[name] = value if isinstance(value, list) else [value] * n
-    assert not fields, f"not record fields: {sorted(fields)}"
-    return attach_ids(pa.table(columns))
+    """`corpus.schema.record_table` with `RECORD_DEFAULTS` for the fields not given."""
+    return schema.record_table(queries, negatives=negatives, **{**RECORD_DEFAULTS, **fields})
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from catalog.mixtures.plan import _split_and
 from catalog.versions import Commit, DatasetInfo
 from catalog.workspace import Workspace
 from corpus.errors import KalmixError
-from corpus.schema import attach_ids
 from corpus.writer import ShardWriter
+from tests.conftest import record_table
 
 TASK = {"faq-retrieval": "retrieval", "general-sts": "sts", "banking-intent": "classification"}
 
@@ -34,22 +34,12 @@ def add_version(cat, name, n, category="faq-retrieval", *, language="en", is_eva
     """Register a version of `n` rows over 3 files of 2 row groups; rows 0 and 1 are duplicates."""
     queries = [f"{name}{tag} q{i}" for i in range(n)]
     queries[1] = queries[0]
-    table = attach_ids(
-        pa.table(
-            {
-                "task_type": [TASK[category]] * n,
-                "category": [category] * n,
-                "instruction": [None] * n,
-                "query": queries,
-                "positive": [f"p{i}" if i > 1 else "p0" for i in range(n)],
-                "negatives": [[] for _ in range(n)],
-                "score": [None] * n,
-                "label": [None] * n,
-                "language": [language] * n,
-                "source": ["test"] * n,
-                "meta": ["{}"] * n,
-            }
-        )
+    table = record_table(
+        queries,
+        task_type=TASK[category],
+        category=category,
+        positive=[f"p{i}" if i > 1 else "p0" for i in range(n)],
+        language=language,
     )
     per_file = -(-n // 3)
     with versions.staging(cat, name) as staged:

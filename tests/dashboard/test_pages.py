@@ -296,14 +296,12 @@ from catalog import runs, versions
 from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo
 from catalog.workspace import Workspace
-from corpus.schema import attach_ids
+from corpus.schema import record_table
 cat = Catalog.open(Workspace.load(sys.argv[1]))
 n = 0
 while True:
-    table = attach_ids(pa.table({
-        "task_type": ["retrieval"], "category": ["faq-retrieval"], "instruction": [None],
-        "query": [f"q{n}"], "positive": ["p"], "negatives": [[]], "score": [None],
-        "label": [None], "language": ["en"], "source": ["w"], "meta": ["{}"]}))
+    table = record_table([f"q{n}"], task_type="retrieval", category="faq-retrieval",
+        positive="p", language="en", source="w")
     versions.commit(cat, Commit("busy", table, "ingest", {}, info=DatasetInfo(
         "busy", "faq-retrieval", "retrieval")))
     runs.update_run(cat, "run-d", summary={"step": n})

@@ -13,9 +13,9 @@ import pytest
 
 from catalog import versions
 from catalog.versions import Commit, DatasetInfo
-from corpus.schema import attach_ids
 from kalmix.ingest import ingest
 from synth.backends import BackendConfig, SamplingParams
+from tests.conftest import record_table
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "corpus" / "sample" / "faq_multilingual.jsonl"
@@ -35,24 +35,7 @@ def faq(cat):
 @pytest.fixture
 def personas(cat, faq):
     """Two hand-written personas registered as `faq-personas@v1` (parent faq@v1)."""
-    n = len(PERSONAS)
-    table = attach_ids(
-        pa.table(
-            {
-                "task_type": ["retrieval"] * n,
-                "category": ["persona"] * n,
-                "instruction": pa.nulls(n, pa.string()),
-                "query": PERSONAS,
-                "positive": ["(hand-written)"] * n,
-                "negatives": [[] for _ in range(n)],
-                "score": pa.nulls(n, pa.float64()),
-                "label": pa.nulls(n, pa.string()),
-                "language": ["en"] * n,
-                "source": ["test"] * n,
-                "meta": ["{}"] * n,
-            }
-        )
-    )
+    table = record_table(PERSONAS, category="persona", positive="(hand-written)")
     [ref] = versions.commit(
         cat,
         Commit(

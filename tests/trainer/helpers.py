@@ -15,6 +15,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -54,6 +55,22 @@ def training_workspace(root: Path) -> tuple[Workspace, str]:
     ingest(cat, SAMPLE / "sts_pairs.jsonl", name="sts", category="general-sts")
     create_mixture(cat, "mix", MixtureSpec(datasets=["faq", "intents", "sts"]))
     return ws, "mix@v1"
+
+
+def training_env(root: Path, *, bert: bool = False) -> SimpleNamespace:
+    """What a trainer test module shares: the workspace (`ws`, `cat`, `mix`), its `root`, a
+    tiny random qwen2 `decoder` and, if asked, a tiny `bert`."""
+    ws, mixture = training_workspace(root / "ws")
+    env = SimpleNamespace(
+        ws=ws,
+        cat=Catalog.open(ws),
+        mix=mixture,
+        root=root,
+        decoder=str(tiny_decoder(root / "qwen2")),
+    )
+    if bert:
+        env.bert = str(tiny_bert(root / "bert"))
+    return env
 
 
 def qwen_tokenizer(folder: Path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from types import SimpleNamespace
@@ -15,12 +14,12 @@ from catalog import runs
 from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from corpus.errors import KalmixError
-from tests.trainer.helpers import tiny_bert, tiny_decoder, training_workspace
+from tests.trainer.helpers import metrics, tiny_bert, tiny_decoder, training_workspace
 from trainer.checkpoint import list_checkpoints
 from trainer.config import TrainConfig
 from trainer.model import declared_dims
 from trainer.soup import soup
-from trainer.train import METRICS_FILE, RunStopped, train
+from trainer.train import RunStopped, train
 
 FAST = {"batch_size": 8, "chunk_size": 10, "negatives_per_query": 2, "max_length": 48}
 
@@ -51,10 +50,6 @@ def env(tmp_path_factory):
     )
     whole = train(ws, run_name="staged", cfg=staged)
     return SimpleNamespace(ws=ws, cat=cat, mix=mixture, bert=bert, staged=staged, whole=whole)
-
-
-def metrics(path):
-    return [json.loads(x) for x in (path / METRICS_FILE).read_text().splitlines()]
 
 
 def test_stages_run_in_one_row_with_their_own_mixture_and_settings(env):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,15 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from catalog import runs
-from catalog.db import Catalog
 from corpus.errors import KalmixError
 from tests.conftest import SHARED_DATA
 from tests.trainer.helpers import (
     cut_and_resumed,
     metrics,
-    tiny_decoder,
     train_two_processes,
-    training_workspace,
+    training_env,
 )
 from trainer.config import ARCH_DEFAULTS, TrainConfig
 from trainer.data import BatchSampler, load_mixture
@@ -36,15 +33,7 @@ SMALL = {"batch_size": 8, "negatives_per_query": 2, "max_length": 48}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("static")
-    ws, mixture = training_workspace(root / "ws")
-    return SimpleNamespace(
-        ws=ws,
-        cat=Catalog.open(ws),
-        mix=mixture,
-        root=root,
-        decoder=str(tiny_decoder(root / "qwen2")),
-    )
+    return training_env(tmp_path_factory.mktemp("static"))
 
 
 def table(model_path: Path) -> torch.Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,17 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 from catalog import runs
-from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, create_mixture
 from corpus.errors import KalmixError
 from kalmix.ingest import ingest
 from tests.trainer.helpers import (
     cut_and_resumed,
     metrics,
-    tiny_bert,
-    tiny_decoder,
     train_two_processes,
-    training_workspace,
+    training_env,
 )
 from trainer.config import TrainConfig
 from trainer.data import load_mixture
@@ -34,15 +30,7 @@ FAST = {"batch_size": 8, "chunk_size": 10, "negatives_per_query": 2, "max_length
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    ws, mixture = training_workspace(root / "ws")
-    return SimpleNamespace(
-        ws=ws,
-        cat=Catalog.open(ws),
-        mix=mixture,
-        bert=str(tiny_bert(root / "bert")),
-        decoder=str(tiny_decoder(root / "qwen2")),
-    )
+    return training_env(tmp_path_factory.mktemp("train"), bert=True)
 
 
 def weights(model_path: Path) -> dict[str, torch.Tensor]:

@@ -29,6 +29,13 @@ def assert_nothing_registered(cat, name="faq"):
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
+def refused(cat, path, match: str, **options) -> None:
+    """Ingesting `path` into `faq` is a KalmixError matching `match` that registers nothing."""
+    with pytest.raises(KalmixError, match=match):
+        ingest(cat, path, **{"name": "faq", "category": "faq-retrieval", **options})
+    assert_nothing_registered(cat)
+
+
 @pytest.mark.parametrize(
     "suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".csv", ".tsv"]
 )
@@ -148,16 +155,12 @@ def test_key_first_seen_late_is_kept(cat, tmp_path):
 
 
 def test_missing_file(cat, tmp_path):
-    with pytest.raises(KalmixError, match="input not found"):
-        ingest(cat, tmp_path / "nope.jsonl", name="faq", category="faq-retrieval")
-    assert_nothing_registered(cat)
+    refused(cat, tmp_path / "nope.jsonl", "input not found")
 
 
 def test_unknown_format(cat, tmp_path):
     (tmp_path / "x.xml").write_text("<a/>")
-    with pytest.raises(KalmixError, match="cannot tell the format"):
-        ingest(cat, tmp_path / "x.xml", name="faq", category="faq-retrieval")
-    assert_nothing_registered(cat)
+    refused(cat, tmp_path / "x.xml", "cannot tell the format")
 
 
 def test_missing_column_lists_columns_and_map(cat, tmp_path):
@@ -176,9 +179,7 @@ def test_malformed_json_line_is_named_or_skipped(cat, tmp_path):
     path.write_text(
         '{"query": "a", "positive": "b"}\n{"query": "c", "positive": \n{"query": "e", "positive": "f"}\n'
     )
-    with pytest.raises(KalmixError, match="line 2"):
-        ingest(cat, path, name="faq", category="faq-retrieval")
-    assert_nothing_registered(cat)
+    refused(cat, path, "line 2")
     result = ingest(cat, path, name="faq", category="faq-retrieval", skip_invalid=True)
     info = versions.resolve(cat, result.ref)
     assert (
@@ -188,16 +189,12 @@ def test_malformed_json_line_is_named_or_skipped(cat, tmp_path):
 
 def test_empty_input(cat, tmp_path):
     (tmp_path / "e.jsonl").write_text("")
-    with pytest.raises(KalmixError, match="holds no records"):
-        ingest(cat, tmp_path / "e.jsonl", name="faq", category="faq-retrieval")
-    assert_nothing_registered(cat)
+    refused(cat, tmp_path / "e.jsonl", "holds no records")
 
 
 def test_unknown_category_suggests(cat, tmp_path):
     path = write_jsonl(tmp_path / "f.jsonl", ROWS)
-    with pytest.raises(KalmixError, match="did you mean.*faq-retrieval"):
-        ingest(cat, path, name="faq", category="faq-retreival")
-    assert_nothing_registered(cat)
+    refused(cat, path, "did you mean.*faq-retrieval", category="faq-retreival")
 
 
 def test_name_taken_with_different_schema(cat, tmp_path):

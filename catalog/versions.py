@@ -362,11 +362,12 @@ def _insert_dataset(con: duckdb.DuckDBPyConnection, info: DatasetInfo, columns: 
 
 
 def fetch_version(
-    con, columns: str, *, table: str, key: str, name: str, version: int | None
+    con, kind: str, name: str, version: int | None, columns: str
 ) -> tuple[tuple | None, list[int]]:
-    """`columns` of one version of `name` in a versions table (`dataset_versions`,
-    `mixture_versions`; the latest when `version` is None), and, when there is no such row,
-    the versions that do exist, for the error the caller raises."""
+    """`columns` of one version of the `kind` ("dataset" or "mixture") `name` (the latest when
+    `version` is None), and, when there is no such row, the versions that do exist, for the
+    error the caller raises."""
+    table, key = f"{kind}_versions", kind
     sql = f"SELECT {columns} FROM {table} WHERE {key} = ? "
     if version is None:
         row = fetch_one(con, sql + "ORDER BY version DESC LIMIT 1", [name])
@@ -394,12 +395,11 @@ def resolve(cat: Catalog, ref: VersionRef | str) -> VersionInfo:
             )
         row, existing = fetch_version(
             con,
+            "dataset",
+            ref.dataset,
+            ref.version,
             "version, path, files, rows, content_hash, operation, params, stats, "
             "parent_dataset, parent_version",
-            table="dataset_versions",
-            key="dataset",
-            name=ref.dataset,
-            version=ref.version,
         )
         if row is None:
             versions = ", ".join(f"v{v}" for v in existing) or "none"

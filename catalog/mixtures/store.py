@@ -205,14 +205,8 @@ def resolve_mixture(cat: Catalog, ref: str | MixtureRef) -> MixtureVersion:
     if isinstance(ref, str):
         ref = MixtureRef.parse(ref)
     with cat.read() as con:
-        row, existing = versions.fetch_version(
-            con,
-            "version, spec, manifest, ids_path, rows, content_hash, created_at",
-            table="mixture_versions",
-            key="mixture",
-            name=ref.name,
-            version=ref.version,
-        )
+        columns = "version, spec, manifest, ids_path, rows, content_hash, created_at"
+        row, existing = versions.fetch_version(con, "mixture", ref.name, ref.version, columns)
         if row is None:
             names = [r[0] for r in con.execute("SELECT name FROM mixtures").fetchall()]
     if row is None:

@@ -105,24 +105,18 @@ def _ingest(cli, tmp_path, name: str, rows: list[dict], category: str = "faq-ret
 
 
 def test_cli_across_datasets_records_dup_of(cli, cat, tmp_path):
-    _ingest(
-        cli,
-        tmp_path,
-        "curated",
-        [
+    datasets = {
+        "curated": [
             {"question": "How do I reset my card PIN?", "answer": "In the app, under Card > PIN."},
             {"question": "What are your opening hours?", "answer": "9 to 17 on weekdays."},
         ],
-    )
-    _ingest(
-        cli,
-        tmp_path,
-        "scraped",
-        [
+        "scraped": [
             {"question": "How can I reset my card PIN?", "answer": "App > Card."},
             {"question": "Is there a fee for foreign payments?", "answer": "No."},
         ],
-    )
+    }
+    for name, rows in datasets.items():
+        _ingest(cli, tmp_path, name, rows)
     result = cli("semdedup", "--across", "name IN ('curated', 'scraped')", "--field", "query")
     assert result.exit_code == 0, result.output
     assert "-> scraped@v2: rows 4 -> 3; removed: semantic_duplicate 1" in result.output

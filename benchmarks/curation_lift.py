@@ -291,6 +291,19 @@ def compare(side_a: list[dict[str, float]], side_b: list[dict[str, float]]) -> d
     return out
 
 
+def _lift(raw: list[dict], curated: list[dict]) -> dict:
+    """Raw and curated means, the lift (mean and sd over seeds) and the per-key comparison."""
+    by_key = compare(raw, curated)
+    overall = by_key["overall"]
+    return {
+        "raw_mean": overall["a_mean"],
+        "curated_mean": overall["b_mean"],
+        "lift_mean": overall["diff_mean"],
+        "lift_sd": overall["diff_sd"],
+        "by_key": by_key,
+    }
+
+
 def _flat(run_scores: dict[str, tuple[str, float]]) -> dict[str, float]:
     """Task scores and the summary means of one run, in one dict."""
     return {**{t: s for t, (_, s) in run_scores.items()}, **summary(run_scores)}
@@ -366,16 +379,11 @@ def run(root: Path, args: argparse.Namespace) -> None:
     )
     raw = [_flat(got[f"proxy-raw-s{s}"]) for s in range(args.seeds)]
     cur = [_flat(got[f"proxy-curated-s{s}"]) for s in range(args.seeds)]
-    proxy = compare(raw, cur)
     tasks = {t: ty for t, (ty, _) in got["proxy-raw-s0"].items()}
     result["proxy"] = {
         "seeds": args.seeds,
-        "raw_mean": proxy["overall"]["a_mean"],
-        "curated_mean": proxy["overall"]["b_mean"],
-        "lift_mean": proxy["overall"]["diff_mean"],
-        "lift_sd": proxy["overall"]["diff_sd"],
+        **_lift(raw, cur),
         "base": _flat(got["static-random-init"]),
-        "by_key": proxy,
         "train_seconds_mean": statistics.fmean([s for s in train_seconds if s] or [0.0]),
     }
     result["tasks"] = tasks
@@ -429,16 +437,11 @@ def run(root: Path, args: argparse.Namespace) -> None:
         )
         raw_m = [_flat(got_m[f"minilm-raw-s{s}"]) for s in range(args.minilm_seeds)]
         cur_m = [_flat(got_m[f"minilm-curated-s{s}"]) for s in range(args.minilm_seeds)]
-        m = compare(raw_m, cur_m)
         result["minilm"] = {
             "seeds": args.minilm_seeds,
             "rows_seen": args.minilm_steps * 16,
-            "raw_mean": m["overall"]["a_mean"],
-            "curated_mean": m["overall"]["b_mean"],
-            "lift_mean": m["overall"]["diff_mean"],
-            "lift_sd": m["overall"]["diff_sd"],
+            **_lift(raw_m, cur_m),
             "base": _flat(got_m["all-MiniLM-L6-v2"]),
-            "by_key": m,
         }
     result["commands"] = Kalmix.log
     _write(result, load_before, start)

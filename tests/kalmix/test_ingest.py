@@ -99,13 +99,8 @@ def test_hf_save_to_disk_folder_with_class_labels(cat, tmp_path):
 
 
 def test_sts_csv_maps_sentence_pairs_and_score(cat, shared_data):
-    result = ingest(
-        cat,
-        shared_data / "stsb" / "en-dev.csv",
-        name="stsb-dev",
-        category="general-sts",
-        language="en",
-    )
+    path = shared_data / "stsb" / "en-dev.csv"
+    result = ingest(cat, path, name="stsb-dev", category="general-sts", language="en")
     table = versions.resolve(cat, result.ref).read()
     assert table.num_rows == 1500
     assert table.column("score").null_count == 0
@@ -113,13 +108,8 @@ def test_sts_csv_maps_sentence_pairs_and_score(cat, shared_data):
 
 
 def test_banking77_csv_with_crlf_and_quoted_newlines(cat, shared_data):
-    result = ingest(
-        cat,
-        shared_data / "banking77" / "train.csv",
-        name="b77",
-        category="banking-intent",
-        language="en",
-    )
+    path = shared_data / "banking77" / "train.csv"
+    result = ingest(cat, path, name="b77", category="banking-intent", language="en")
     assert result.rows == 10003
     table = versions.resolve(cat, result.ref).read()
     assert len(set(table.column("label").to_pylist())) == 77

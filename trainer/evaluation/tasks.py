@@ -178,26 +178,39 @@ def _build_classification(
     )
 
 
-def _build_clustering(data_dir: Path, o: LoadOptions, folder: str, label: str, name: str) -> Any:
-    from datasets import Dataset, DatasetDict
+def _clustering_task(name: str, description: str, folder: str, label: str) -> LocalTask:
+    """A clustering task on the test split of a labelled CSV (texts grouped by their label)."""
 
-    def read() -> DatasetDict:
-        texts, labels = read_labelled(data_dir / f"{folder}/test.csv", label, o.limit)
-        return DatasetDict({"test": Dataset.from_dict({"sentences": texts, "labels": labels})})
+    def build(data_dir: Path, o: LoadOptions) -> Any:
+        from datasets import Dataset, DatasetDict
 
-    return kalmix_task(kalmix_classes()[name], read, o.subsets)
+        def read() -> DatasetDict:
+            texts, labels = read_labelled(data_dir / f"{folder}/test.csv", label, o.limit)
+            return DatasetDict({"test": Dataset.from_dict({"sentences": texts, "labels": labels})})
+
+        return kalmix_task(kalmix_classes()[name], read, o.subsets)
+
+    return LocalTask(name, "clustering", description, (f"{folder}/test.csv",), build)
 
 
-def _build_search(data_dir: Path, o: LoadOptions, rerank: bool) -> Any:
+def _search_task(description: str, *, rerank: bool) -> LocalTask:
+    """Retrieval (or reranking) built from each language's STS-B test pairs."""
     name = "KalmixSTSBReranking" if rerank else "KalmixSTSBRetrieval"
 
-    def read() -> dict:
-        return {
-            lang: {"test": stsb_search_split(data_dir / f"stsb/{lang}-test.csv", o.limit, rerank)}
-            for lang in o.subsets
-        }
+    def build(data_dir: Path, o: LoadOptions) -> Any:
+        def read() -> dict:
+            return {
+                lang: {
+                    "test": stsb_search_split(data_dir / f"stsb/{lang}-test.csv", o.limit, rerank)
+                }
+                for lang in o.subsets
+            }
 
-    return kalmix_task(kalmix_classes()[name], read, o.subsets)
+        return kalmix_task(kalmix_classes()[name], read, o.subsets)
+
+    task_type = "reranking" if rerank else "retrieval"
+    files = ("stsb/{lang}-test.csv",)
+    return LocalTask(name, task_type, description, files, build, subsets=tuple(STSB_LANGS))
 
 
 def _pairs_task(
@@ -280,35 +293,21 @@ LOCAL_TASKS: tuple[LocalTask, ...] = (
             lambda r: kalmix_task(kalmix_classes()["KalmixSNIPSClassification"], r, ()),
         ),
     ),
-    LocalTask(
+    _clustering_task(
         "KalmixBanking77Clustering",
-        "clustering",
         "Banking77 test texts clustered by intent",
-        ("banking77/test.csv",),
-        lambda d, o: _build_clustering(d, o, "banking77", "category", "KalmixBanking77Clustering"),
+        "banking77",
+        "category",
     ),
-    LocalTask(
-        "KalmixSNIPSClustering",
-        "clustering",
-        "SNIPS test texts clustered by intent",
-        ("snips/test.csv",),
-        lambda d, o: _build_clustering(d, o, "snips", "label", "KalmixSNIPSClustering"),
+    _clustering_task(
+        "KalmixSNIPSClustering", "SNIPS test texts clustered by intent", "snips", "label"
     ),
-    LocalTask(
-        "KalmixSTSBRetrieval",
-        "retrieval",
+    _search_task(
         "STS-B test pairs scored >= 4 as query -> relevant, other sentences as corpus",
-        ("stsb/{lang}-test.csv",),
-        lambda d, o: _build_search(d, o, rerank=False),
-        subsets=tuple(STSB_LANGS),
+        rerank=False,
     ),
-    LocalTask(
-        "KalmixSTSBReranking",
-        "reranking",
-        "STS-B test: rerank each query's relevant + lexically closest sentences",
-        ("stsb/{lang}-test.csv",),
-        lambda d, o: _build_search(d, o, rerank=True),
-        subsets=tuple(STSB_LANGS),
+    _search_task(
+        "STS-B test: rerank each query's relevant + lexically closest sentences", rerank=True
     ),
 )
 LOCAL_BY_NAME = {t.name: t for t in LOCAL_TASKS}

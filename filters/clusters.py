@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from corpus.errors import KalmixError
 from corpus.operator import DATASET_COLUMN
 
 
@@ -81,6 +82,11 @@ class KeeperRule:
     fields: tuple[str, ...] = ("query", "positive")
     priority: tuple[str, ...] = ()
     priority_column: str = "source"
+
+    def __post_init__(self) -> None:
+        if self.prefer not in self.PREFER:
+            choices = ", ".join(self.PREFER)
+            raise KalmixError(f"--prefer must be one of {choices}, got {self.prefer!r}")
 
 
 @dataclass
@@ -173,8 +179,6 @@ def choose_keepers(
     cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
     if cluster_ids.shape != (n,):
         raise ValueError(f"cluster_ids has {cluster_ids.size} entries for {n} rows")
-    if rule.prefer not in KeeperRule.PREFER:
-        raise ValueError(f"prefer must be one of {', '.join(KeeperRule.PREFER)}: {rule.prefer!r}")
     order_keys = [np.arange(n, dtype=np.int64)]  # last resort: input order
     if rule.prefer == "longest":
         order_keys.append(-text_length(table, rule.fields))

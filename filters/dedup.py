@@ -108,9 +108,7 @@ class DedupConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise KalmixError(f"--threshold must be in (0, 1], got {self.threshold}")
-        if self.prefer not in KeeperRule.PREFER:
-            choices = ", ".join(KeeperRule.PREFER)
-            raise KalmixError(f"--prefer must be one of {choices}, got {self.prefer!r}")
+        KeeperRule(self.prefer)  # a bad --prefer is an error now, before any work
         if len(self.lsh_weights) != 2 or min(self.lsh_weights) < 0 or sum(self.lsh_weights) <= 0:
             raise KalmixError(
                 f"--lsh-weights must be two non-negative numbers, got {self.lsh_weights}"

@@ -261,7 +261,11 @@ def semdedup(
         "auto: exact up to 20k distinct texts on a CPU (500k on a GPU), kmeans above.",
     ),
     prefer: str = typer.Option(
-        "longest", "--prefer", help="Keeper of a cluster: longest (query+positive) or first."
+        "longest",
+        "--prefer",
+        help="Keeper of a cluster, after --priority: longest (the most text in query+positive; "
+        "a paraphrase cluster's fullest wording), cleanest (the least upper-case share, then "
+        "whitespace noise: kalmix dedup's default) or first (row order).",
     ),
     priority: str = PRIORITY,
     batch_size: int = EMBED_BATCH,
@@ -269,7 +273,7 @@ def semdedup(
     """Semantic dedup: remove paraphrased duplicates by embedding cosine (SemDeDup).
 
     Embeds --field with the shared embedder (cached), finds pairs with cosine >= --threshold,
-    clusters them, and keeps one row per cluster by the same rule as kalmix dedup (--priority
+    clusters them, and keeps one row per cluster by the keeper rule kalmix dedup uses (--priority
     sources first, then --prefer, then input order); a row is removed only if its own cosine to
     the keeper reaches the threshold. Removals record dup_of and the cosine.
 
@@ -289,8 +293,6 @@ def semdedup(
 
     if (ref is None) == (across is None):
         raise KalmixError("give a dataset NAME[@vN] or --across WHERE (one of the two)")
-    if prefer not in ("longest", "first"):
-        raise KalmixError(f"--prefer must be longest or first, got {prefer!r}")
     column, values = parse_priority(priority)
     rule = KeeperRule(prefer, priority=values, priority_column=column)
     config = SemDedupConfig(  # bad settings fail here, before the model loads

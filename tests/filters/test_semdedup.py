@@ -153,3 +153,10 @@ def test_cli_bad_input_is_one_clear_error_and_no_new_version(cli, cat, tmp_path)
         assert message in str(result.exception) and "\n" not in str(result.exception)
     for name in ("faq", "intents", "void"):
         assert versions_of(cat, name).num_rows == 1
+
+
+def test_cli_prefer_takes_the_keeper_rules_of_dedup_and_is_checked_first(cli, cat, tmp_path):
+    _ingest(cli, tmp_path, "faq", [{"question": "What are your hours?", "answer": "9 to 17."}])
+    bad = cli("semdedup", "faq", "--prefer", "clean")
+    assert "--prefer must be one of cleanest, longest, first, got 'clean'" in str(bad.exception)
+    assert "cleanest" in cli("semdedup", "--help").output

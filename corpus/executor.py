@@ -223,11 +223,15 @@ class _ShardTask:
 @dataclass(frozen=True)
 class LocalExecutor:
     """A row-local operator shard by shard on a process pool, results in input order (so
-    output shards and removals are deterministic whatever the number of workers)."""
+    output shards and removals are deterministic whatever the number of workers); an operator
+    that needs every row at once runs its own out-of-core plan (`Operator.local_plan`)."""
 
     workers: int = 0  # 0 = one per core
 
     def run(self, op: Operator, shards: list[Shard]) -> OpResult:
+        plan = op.local_plan()
+        if plan is not None:
+            return plan(self, shards)
         paths = _paths(shards)
         workers = min(self.workers or default_workers(), len(paths))
         task = _ShardTask(op)

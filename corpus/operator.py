@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,10 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from corpus import storage
 from corpus.schema import REMOVALS_SCHEMA
 
 if TYPE_CHECKING:
-    from corpus.executor import RayExecutor
+    from corpus.executor import LocalExecutor, RayExecutor
 
 DATASET_COLUMN = "_dataset"
 
@@ -37,9 +38,84 @@ DATASET_COLUMN = "_dataset"
 Shard = tuple[str | None, str]
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One row group of one shard of a run: the unit an out-of-core plan reads and hands to a
+    worker. `offset` is the corpus row number of its first row."""
+
+    index: int
+    dataset: str | None
+    path: str
+    row_group: int
+    offset: int
+    rows: int
+
+
+def pieces(shards: list[Shard]) -> list[Piece]:
+    """Every row group of the shards, in corpus order."""
+    out: list[Piece] = []
+    offset = 0
+    for dataset, path in shards:
+        for group, rows in enumerate(storage.row_groups(path)):
+            out.append(Piece(len(out), dataset, path, group, offset, rows))
+            offset += rows
+    return out
+
+
+def read_piece(
+    piece: Piece, columns: list[str] | None = None, batch_rows: int = 65536
+) -> Iterator[pa.Table]:
+    """A piece's rows (the `columns` it has, None: all) in batches, with a `_dataset` column
+    when its shard names its dataset."""
+    for table in storage.iter_row_group(piece.path, piece.row_group, columns, batch_rows):
+        if piece.dataset is not None:
+            column = pa.array([piece.dataset] * table.num_rows, pa.string())
+            table = table.append_column(DATASET_COLUMN, column)
+        yield table
+
+
+@dataclass(frozen=True)
+class KeptRows:
+    """The rows an out-of-core plan kept, left where they are: its pieces less the corpus rows
+    `gone` (sorted), streamed piece by piece when the new version is written."""
+
+    pieces: list[Piece]
+    gone: np.ndarray
+    batch_rows: int = 65536
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.rows for p in self.pieces) - len(self.gone)
+
+    def batches(self, dataset: str | None = None) -> Iterator[pa.Table]:
+        """Kept rows in order, without `_dataset`; only `dataset`'s shards when given."""
+        for piece in self.pieces:
+            if dataset is not None and piece.dataset != dataset:
+                continue
+            start = piece.offset
+            for table in storage.iter_row_group(piece.path, piece.row_group, None, self.batch_rows):
+                yield table.filter(self._keep(start, table.num_rows))
+                start += table.num_rows
+
+    def _keep(self, start: int, n: int) -> pa.Array:
+        lo, hi = np.searchsorted(self.gone, [start, start + n])
+        keep = np.ones(n, dtype=bool)
+        keep[self.gone[lo:hi] - start] = False
+        return pa.array(keep)
+
+    def read(self) -> pa.Table:
+        """All kept rows as one table (with `_dataset` across datasets): for small runs."""
+        parts = [
+            table.filter(self._keep(piece.offset, piece.rows))
+            for piece in self.pieces
+            for table in read_piece(piece, None, max(piece.rows, 1))
+        ]
+        return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
+
+
 @dataclass
 class OpResult:
-    table: pa.Table
+    table: pa.Table | KeptRows  # KeptRows: from an out-of-core plan (`Operator.local_plan`)
     removed: pa.Table  # id, reason, detail (JSON text) [, _dataset]
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -47,6 +123,8 @@ class OpResult:
 # How an operator that needs every row at once runs on Ray Data: the executor and the shards in
 # corpus order in, the same result as calling the operator on their concatenation out.
 RayPlan = Callable[["RayExecutor", list[Shard]], OpResult]
+# The same on this machine, out of core (dedup): its kept rows come back as `KeptRows`.
+LocalPlan = Callable[["LocalExecutor", list[Shard]], OpResult]
 
 
 class Operator(Protocol):
@@ -64,6 +142,10 @@ class Operator(Protocol):
 
     def ray_plan(self) -> RayPlan | None:
         """The plan for a whole run on Ray Data, or None for a row-local operator."""
+        return None
+
+    def local_plan(self) -> LocalPlan | None:
+        """The local executor's plan for a whole run, or None: shard by shard on the pool."""
         return None
 
 

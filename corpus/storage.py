@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,26 @@ def open_input_stream(path: StorePath) -> Any:
 def read_table(path: StorePath, columns: list[str] | None = None) -> pa.Table:
     fs, p = resolve(path)
     return pq.read_table(p, columns=columns, filesystem=fs)
+
+
+def row_groups(path: StorePath) -> list[int]:
+    """Rows in each row group of a Parquet file, in order."""
+    fs, p = resolve(path)
+    meta = pq.read_metadata(p, filesystem=fs)
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def iter_row_group(
+    path: StorePath, index: int, columns: list[str] | None = None, batch_rows: int = 65536
+) -> Iterator[pa.Table]:
+    """One row group of a Parquet file as tables of at most `batch_rows` rows (the `columns`
+    it has, None: all), read incrementally so memory stays at about one batch."""
+    with open_input(path) as f:
+        parquet = pq.ParquetFile(f)
+        if columns is not None:
+            columns = [c for c in columns if c in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(batch_rows, row_groups=[index], columns=columns):
+            yield pa.Table.from_batches([batch])
 
 
 def read_schema(path: StorePath) -> pa.Schema:

@@ -71,6 +71,7 @@ from corpus.minhash import (
 )
 from corpus.operator import (
     DATASET_COLUMN,
+    LocalPlan,
     Operator,
     OpResult,
     RayPlan,
@@ -80,6 +81,7 @@ from corpus.operator import (
 )
 from corpus.text import FIELD_SEPARATOR, normalize, record_text
 from filters.clusters import KeeperRule, Keepers, duplicate_details, resolve_duplicates
+from filters.dedup_local import memory_bytes
 from filters.exact import exact_dedup
 
 if TYPE_CHECKING:
@@ -103,6 +105,8 @@ class DedupConfig:
     priority_column: str = "source"
     workers: int = 0  # signature processes; 0 = one per core
     batch_docs: int = 4096
+    memory_limit: str = "4GB"  # --executor local: DuckDB's limit, and what sizes the batches
+    work_dir: str | None = None  # --executor local: its temporary files (None: the system's)
     minhash: MinHashConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +117,7 @@ class DedupConfig:
             raise KalmixError(
                 f"--lsh-weights must be two non-negative numbers, got {self.lsh_weights}"
             )
+        memory_bytes(self.memory_limit)  # a bad --memory-limit fails before any work
         minhash = MinHashConfig(self.num_perm, self.seed, self.ngram, self.hash)
         object.__setattr__(self, "minhash", minhash)
 
@@ -238,6 +243,12 @@ class Dedup(Operator):
     def ray_plan(self) -> RayPlan:
         """The same result on Ray Data: `dedup_on_ray`."""
         return functools.partial(dedup_on_ray, self.config)
+
+    def local_plan(self) -> LocalPlan:
+        """The same result out of core on this machine: `filters.dedup_local`."""
+        from filters.dedup_local import dedup_out_of_core
+
+        return lambda executor, shards: dedup_out_of_core(self.config, shards, self.on_signed)
 
 
 # --- Ray Data ---------------------------------------------------------------------------------

@@ -17,11 +17,11 @@ import pyarrow.compute as pc
 
 from catalog import versions
 from catalog.db import Catalog
-from catalog.versions import Commit, VersionInfo, VersionRef
+from catalog.versions import Commit, Staged, VersionInfo, VersionRef
 from corpus.errors import KalmixError
 from corpus.executor import check_executor, make_executor
-from corpus.operator import DATASET_COLUMN, Operator, OpResult, count_reasons
-from corpus.writer import write_table
+from corpus.operator import DATASET_COLUMN, KeptRows, Operator, OpResult, count_reasons
+from corpus.writer import ShardWriter, write_table
 
 
 @dataclass
@@ -89,20 +89,36 @@ def apply(
         stats=result.stats,
     )
     if always_commit or result.removed.num_rows:
-        report.results = versions.commit(
-            cat,
-            Commit(
-                source.dataset,
-                _without_dataset(result.table),
-                operation,
-                op.params() if params is None else params,
-                parent=source.ref,
-                stats={"operator": result.stats},
-                removals=_without_dataset(result.removed),
-            ),
-        )
+        with versions.staging(cat, source.dataset) as staged:
+            _write(staged, result.table)
+            report.results = versions.commit(
+                cat,
+                Commit(
+                    source.dataset,
+                    staged,
+                    operation,
+                    op.params() if params is None else params,
+                    parent=source.ref,
+                    stats={"operator": result.stats},
+                    removals=_without_dataset(result.removed),
+                ),
+            )
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _write(staged: Staged, kept: pa.Table | KeptRows, dataset: str | None = None) -> None:
+    """Write an operator's kept rows (of `dataset` only, when given) into a staging folder: a
+    table as it is, the `KeptRows` of an out-of-core plan streamed batch by batch."""
+    if isinstance(kept, pa.Table):
+        if dataset is not None:
+            kept = kept.filter(pc.equal(kept.column(DATASET_COLUMN), dataset))
+        write_table(staged.path, _without_dataset(kept))
+        return
+    with ShardWriter(staged.path) as writer:
+        for batch in kept.batches(dataset):
+            writer.write(batch)
+        writer.close()
 
 
 def _without_dataset(table: pa.Table) -> pa.Table:
@@ -132,7 +148,8 @@ def apply_across(
     rows_in = sum(info.rows for info in sources)
     if rows_in == 0:
         raise KalmixError(f"the selected datasets are empty: nothing to {operation}")
-    if check_executor(executor) == "local" or (executor == "ray" and op.ray_plan() is None):
+    kind = check_executor(executor)
+    if (kind == "local" and op.local_plan() is None) or (kind == "ray" and op.ray_plan() is None):
         raise KalmixError(f"{operation} across datasets runs inline or on Ray, not {executor!r}")
     shards = [(info.dataset, str(f)) for info in sources for f in info.files]
     result = make_executor(executor, address=address).run(op, shards)
@@ -156,9 +173,8 @@ def apply_across(
             )
             if lost.num_rows == 0:
                 continue
-            kept = result.table.filter(pc.equal(result.table.column(DATASET_COLUMN), info.dataset))
             staged = stack.enter_context(versions.staging(cat, info.dataset))
-            write_table(staged.path, kept.drop_columns([DATASET_COLUMN]))
+            _write(staged, result.table, info.dataset)
             commits.append(
                 Commit(
                     info.dataset,

@@ -75,15 +75,25 @@ def dedup(
     ),
     seed: int = typer.Option(1, "--seed", help="MinHash seed (datasketch's default is 1)."),
     workers: int = typer.Option(
-        0, "--workers", help="Signature processes for --executor local (0 = one per core)."
+        0,
+        "--workers",
+        help="Processes for signatures and band keys with --executor local (0 = one per core).",
+    ),
+    memory_limit: str = typer.Option(
+        "4GB",
+        "--memory-limit",
+        help="Memory for --executor local, e.g. 4GB: DuckDB's limit for the exact and LSH "
+        "group-bys (they spill to the workspace cache beyond it) and what sizes the batches.",
     ),
     executor: str = typer.Option(
         "local",
         "--executor",
         help=executor_help(
-            note="Dedup looks at every row at once: inline and local run it in this process, "
-            "local with the signatures on the pool; ray computes the signatures as map_batches "
-            "and runs the exact pass and LSH banding as group-by shuffles (same result)."
+            note="Dedup looks at every row at once: local runs it out of core (signatures and "
+            "band keys on the pool, written to the workspace cache; DuckDB group-bys; texts "
+            "read back only for candidate rows), inline on the whole table in this process; "
+            "ray computes the signatures as map_batches and runs the exact pass and LSH "
+            "banding as group-by shuffles. All three give the same result."
         ),
     ),
     address: str = typer.Option(
@@ -108,14 +118,15 @@ def dedup(
 
     Example: kalmix dedup faq --fields query,positive --threshold 0.8
     """
+    from dataclasses import replace
+
     from catalog import versions
     from filters.dedup import Dedup, DedupConfig
     from kalmix.pipeline import apply, apply_across, select_versions
 
     if (ref is None) == (across is None):
         raise KalmixError("give either a dataset (NAME or NAME@vN) or --across WHERE, not both")
-    # Not row-local: "local" is this process with the signature pool, never shard by shard.
-    run_on = "ray" if check_executor(executor) == "ray" else "inline"
+    run_on = check_executor(executor)  # local: the operator's out-of-core plan
     lsh = numbers(lsh_weights, "--lsh-weights")
     if len(lsh) != 2:
         raise KalmixError(f"--lsh-weights {lsh_weights!r} is not two numbers, e.g. 0.1,0.9")
@@ -133,8 +144,10 @@ def dedup(
         priority=values,
         priority_column=column,
         workers=1 if executor == "inline" else workers,
+        memory_limit=memory_limit,
     )
     cat = open_catalog()
+    config = replace(config, work_dir=str(cat.workspace.cache_dir / "dedup"))
     sources = select_versions(cat, across) if across else [versions.resolve(cat, ref)]
     with progress(transient=True) as bar:
         task = bar.add_task("MinHash signatures", total=None)

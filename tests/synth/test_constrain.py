@@ -61,6 +61,25 @@ def test_constrained_outputs_always_parse_and_pass_the_schema(backend):
         assert not list(Draft202012Validator(template.schema).iter_errors(obj))
 
 
+def test_constraints_keep_the_shared_prefix_cache_and_batched_loop(backend):
+    """Constrained greedy output is the same with and without the shared-prefix cache, in one
+    batch of constrained and unconstrained rows (rows ending early leave the batch)."""
+    templates = [_tight(t) for t in ("sts", "clustering", "retrieval")]
+    prompts = _example_prompts(templates, constrain=True) + _example_prompts(templates, False)
+    greedy = replace(SAMPLED, temperature=0.0, max_tokens=48)
+    cached = backend.generate(prompts, greedy)
+    uncached = TransformersBackend(transformers_config(prefix_cache=False)).generate(
+        prompts, greedy
+    )
+    assert [c.text for c in cached] == [c.text for c in uncached]
+    assert len({c.completion_tokens for c in cached}) > 1  # rows ended at different steps
+    for template, completion in zip(templates, cached[:3], strict=True):
+        if completion.finish_reason == "stop":
+            assert not list(
+                Draft202012Validator(template.schema).iter_errors(json.loads(completion.text))
+            )
+
+
 def test_prose_prompt_still_gives_schema_json(backend):
     """The mask decides, not the prompt: asked for a poem, the model still writes the object."""
     schema = JsonSchema("poem", _tight("sts").schema)

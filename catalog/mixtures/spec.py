@@ -44,6 +44,9 @@ class MixtureSpec:
     seed: int = 0
     allow_repeat: bool = False
     instructions: dict[str, str] = field(default_factory=dict)
+    # How `kalmix mix search` found these weights (trials, model, validation); a record only,
+    # planning ignores it. Left out of `to_dict` when empty, so other specs are unchanged.
+    search: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.weighting is None:
@@ -53,6 +56,8 @@ class MixtureSpec:
         out = asdict(self)
         for key in ("weights", "caps", "cap_shares", "instructions"):
             out[key] = dict(sorted(out[key].items()))
+        if not out["search"]:
+            del out["search"]
         return out
 
     @classmethod
@@ -138,6 +143,7 @@ SPEC_TYPES: dict[str, type | tuple[type, ...]] = {
     "seed": int,
     "allow_repeat": bool,
     "instructions": dict,
+    "search": dict,
 }
 
 

@@ -18,7 +18,14 @@ import typer
 from corpus.console import console, progress
 from corpus.errors import KalmixError
 from corpus.vocabulary import check_executor, executor_help
-from kalmix.commands.options import ACROSS, PRIORITY, numbers, open_catalog, split_list
+from kalmix.commands.options import (
+    ACROSS,
+    ADDRESS,
+    PRIORITY,
+    numbers,
+    open_catalog,
+    split_list,
+)
 from kalmix.commands.options import priority as parse_priority
 
 if TYPE_CHECKING:
@@ -96,9 +103,7 @@ def dedup(
             "banding as group-by shuffles. All three give the same result."
         ),
     ),
-    address: str = typer.Option(
-        None, "--address", help="Ray cluster address for --executor ray (default: local Ray)."
-    ),
+    address: str = ADDRESS,
 ) -> None:
     """Remove exact and MinHash near-duplicates, within one dataset or across many.
 

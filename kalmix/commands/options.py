@@ -72,6 +72,9 @@ MODEL_HELP = (
 )
 EMBED_MODEL = typer.Option(None, "--model", help=MODEL_HELP)
 EMBED_BATCH = typer.Option(0, "--batch-size", help="Texts per batch (default: kalmix.toml).")
+ADDRESS = typer.Option(
+    None, "--address", help="Ray cluster address for --executor ray (default: local Ray)."
+)
 OUT_RUN = typer.Option(
     ..., "--out-run", help="Run name: checkpoints, metrics and model go to runs/NAME/."
 )

@@ -117,6 +117,7 @@ class TrainConfig:
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     gradient_checkpointing: bool = False
     compile: bool = False
+    packing: bool = False  # one unpadded sequence per forward, a document mask (trainer/packing.py)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -202,6 +203,7 @@ class TrainConfig:
         given = [
             (self.compile, "compile (a table lookup has nothing to compile)"),
             (self.gradient_checkpointing, "gradient_checkpointing (no activations to recompute)"),
+            (self.packing, "packing (its step reads flat token ids already, unpadded)"),
             (self.pooling == "cls", "pooling = cls (a static model mean-pools its tokens)"),
             (self.precision == "bf16", "precision = bf16 (a static model trains in fp32)"),
             (self.base.endswith(".gguf"), "a GGUF base (give an encoder folder for its tokenizer)"),

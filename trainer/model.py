@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corpus.errors import KalmixError
+from trainer.packing import Packed, pool_segments
 
 ST_MODULES = {"Transformer", "Pooling", "Normalize"}
 
@@ -119,7 +120,13 @@ class Embedder(nn.Module):
             backbone.config.is_causal = False
         backbone.config.use_cache = False
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor | Packed, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embeddings of a padded chunk ([N, L] ids and mask) or of a packed one (`Packed`)."""
+        if isinstance(input_ids, Packed):
+            hidden = self.backbone(**input_ids.backbone_inputs()).last_hidden_state
+            return F.normalize(pool_segments(hidden, input_ids, self.pooling), dim=-1)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0].float()

@@ -30,6 +30,10 @@ DDP's hooks, which would fire on every chunk's backward and need `find_unused_pa
 encoders with an unused pooler. With equal local batches the result equals the gradient of the
 single-process loss over the same global batch (tested with 2 gloo processes).
 
+With `packing` each chunk is one sequence of its texts end to end with a document mask
+(`trainer/packing.py`: flash-attn varlen or FlexAttention on GPU, SDPA with a 4-D mask on CPU)
+instead of a padded [N, L] tensor.
+
 Precision: float32 weights; bf16 autocast on GPU (transformers only), float32 on CPU. Optional
 gradient checkpointing and `torch.compile`.
 """
@@ -49,6 +53,8 @@ from trainer.data import Example
 from trainer.distributed import Dist, all_reduce_grads, gather
 from trainer.loss import LossOutput, Mixing, distillation, info_nce, truncate
 from trainer.model import pad, tokenize
+from trainer.packing import attention_for
+from trainer.packing import pack as pack_texts
 from trainer.static import StaticEmbedder, pack
 
 # ----------------------------------------------------------------------------- one step
@@ -116,6 +122,12 @@ class Stepper:
         self.model, self.tokenizer, self.cfg, self.d = model, tokenizer, cfg, d
         self.static = isinstance(model, StaticEmbedder)
         self.slots = 1 + cfg.negatives_per_query
+        self.attention = None  # packing: the attention implementation the document mask is for
+        if cfg.packing and not self.static:
+            config = model.backbone.config
+            self.attention = attention_for(d.device, config._attn_implementation)
+            if self.attention != config._attn_implementation:
+                model.backbone.set_attn_implementation(self.attention)
         self.encode = torch.compile(model, dynamic=True) if cfg.compile else model
         cuda = d.device.type == "cuda"
         auto_bf16 = cfg.precision == "auto" and cuda and not self.static
@@ -133,12 +145,15 @@ class Stepper:
     def _embed(self, ids: list[list[int]]) -> torch.Tensor:
         if self.static:
             return self.encode(*pack(ids, self.d.device))
-        input_ids, mask = pad(ids, self.tokenizer.pad_token_id, self.d.device, self.pad_multiple)
+        if self.attention:
+            inputs = (pack_texts(ids, self.d.device, self.attention),)
+        else:
+            inputs = pad(ids, self.tokenizer.pad_token_id, self.d.device, self.pad_multiple)
         autocast = (
             torch.autocast(self.d.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
         )
         with autocast:
-            return self.encode(input_ids, mask)
+            return self.encode(*inputs)
 
     def _loss(self, reps: torch.Tensor, b: LocalBatch) -> LossOutput:
         """InfoNCE (per Matryoshka dim, with focal weights and mixed negatives) + distillation."""

@@ -105,6 +105,14 @@ TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
         bool,
         typer.Option(None, "--compile/--no-compile", help="torch.compile the model (GPU)."),
     ),
+    "packing": (
+        bool,
+        typer.Option(
+            None,
+            "--packing/--no-packing",
+            help="Pack each forward's texts into one unpadded sequence with a document mask.",
+        ),
+    ),
     "focal_gamma": (
         float,
         typer.Option(

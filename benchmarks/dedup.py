@@ -28,10 +28,23 @@ survives. Beside them, computed on each planted pair from the same measures: the
 with a length step before the row order (the variant not chosen). `uptime` is recorded before
 and after.
 
+Scale (`--scale`, `benchmarks/dedup_scale.py`): `kalmix dedup` through the CLI, on a fresh
+workspace per size, of 1M, 2M and 4M English documents of ~150 words (5% near copies, 5% exact
+copies; `--scale-docs` to choose the sizes), with `--memory-limit 4GB` on the default local
+executor (out of core): wall seconds, docs/s, peak RSS of the CLI process and its pool workers
+together, the stage times the version records, recall over the planted pairs and precision over
+a sample of the removals; the smallest size again on one worker (1 -> all cores). Beside it,
+datasketch (`MinHash.bulk` in a pool, `MinHashLSH` in one process) on 20,000 documents only: it
+holds every signature as Python objects, and at its rate a million documents take most of an
+hour. Writes the "scale" entry of results/dedup.json and the "Scale" section of results/dedup.md,
+leaving the rest. A datatrove baseline is not run (see the .md).
+
 Run: .venv/bin/python -m benchmarks.dedup [DOCS] [--keeper-docs N]   (default 100000, 50000)
      .venv/bin/python -m benchmarks.dedup --keeper-only [--keeper-docs N]
         only the keeper part (about a minute on 2 cores): replaces the keeper section of
         results/dedup.md and the "keeper" entry of results/dedup.json, leaves the rest.
+     .venv/bin/python -m benchmarks.dedup --scale [--scale-docs 1000000,2000000]
+        only the scale part (minutes per million documents on 2 cores).
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.common import RESULTS, run_child, uptime, write_results
+from benchmarks.dedup_scale import run_scale, write_section
 from corpus.executor import default_workers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -507,19 +521,14 @@ def run_keeper(total: int) -> tuple[dict, str]:
 
 
 def write_keeper_only(keeper: dict, section: str) -> None:
-    """Replace the keeper part of results/dedup.{json,md}; the main figures stay as they are."""
-    json_path, md_path = RESULTS / "dedup.json", RESULTS / "dedup.md"
+    """Replace the keeper part of results/dedup.{json,md}; the other figures stay as they are."""
+    json_path = RESULTS / "dedup.json"
     data = json.loads(json_path.read_text()) if json_path.exists() else {}
-    data.pop("benchmark", None)  # machine and when stay those of the main run
-    data["keeper"] = keeper
-    old = md_path.read_text() if md_path.exists() else ""
-    body = old.removeprefix("# dedup\n\n").split("\n" + KEEPER_HEADING)[0].rstrip("\n")
-    if body:
-        section += (
-            f"\n\nThis section is from a `--keeper-only` run ({keeper['when']}); the figures "
-            f"above it are from the last full run ({data.get('when', 'unknown')})."
-        )
-    write_results("dedup", data, (body + "\n\n" if body else "") + section)
+    section += (
+        f"\n\nThis section is from a `--keeper-only` run ({keeper['when']}); the figures "
+        f"above it are from the last full run ({data.get('when', 'unknown')})."
+    )
+    write_section("keeper", KEEPER_HEADING, keeper, section)
 
 
 def arguments() -> argparse.Namespace:
@@ -531,6 +540,16 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--keeper-only", action="store_true", help="run only the keeper measurement"
     )
+    parser.add_argument("--scale", action="store_true", help="run only the scale measurement")
+    parser.add_argument(
+        "--scale-docs", default="1000000,2000000,4000000", help="default 1000000,2000000,4000000"
+    )
+    parser.add_argument(
+        "--scale-before",
+        metavar="TREE",
+        help="also run the smallest size with the CLI of this source tree (an earlier commit, "
+        "e.g. from git archive), beside the current one",
+    )
     return parser.parse_args()
 
 
@@ -538,6 +557,9 @@ def main() -> None:
     args = arguments()
     if args.keeper_only:
         write_keeper_only(*run_keeper(args.keeper_docs))
+        return
+    if args.scale:
+        run_scale([int(n) for n in args.scale_docs.split(",")], before=args.scale_before)
         return
     start = time.perf_counter()
     docs, pairs = build_corpus(args.docs)

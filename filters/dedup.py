@@ -35,6 +35,13 @@ estimated Jaccard with it. An exact duplicate's `dup_of` is the identical copy t
 the exact pass; if that copy was then removed as a near duplicate, its own removal names the
 row it duplicates. Records with no text in the chosen fields are left alone.
 
+Calling the operator on a table (`--executor inline`) holds the table, its signatures and every
+intermediate in memory. `kalmix dedup`'s default `--executor local` runs the same steps out of
+core (`Dedup.local_plan`, `filters.dedup_local`): signatures, exact keys and band keys per row
+group on the process pool, written to Parquet in the workspace cache, the exact pass and the
+banding as DuckDB group-bys under `--memory-limit`, and this module's verification and keeper
+rule on the rows of candidate pairs only; the result is the same, row for row.
+
 The same operator runs on Ray Data (`Dedup.ray_plan`, `kalmix dedup --executor ray`) with the
 same result, row for row: signatures are a row-local `map_batches` over the Parquet shards;
 the exact pass and the LSH banding are group-bys (hash shuffles) of Ray Data on a partition key

@@ -10,12 +10,12 @@ The same result as the operator on the whole table in memory (`Dedup.__call__`, 
    LSH band keys; the three go to Parquet files in a temporary folder under the workspace
    cache (`work_dir`), removed when the run ends (a killed run registers nothing; the next run
    removes its folder).
-2. Exact pass: DuckDB (with `memory_limit`, spilling to that folder) finds the rows whose hash
+2. Exact pass: DuckDB (with half the `memory_limit`, spilling to that folder) finds the rows whose hash
    is shared; only those rows are read back and `filters.exact.exact_dedup` runs on them, so
    texts are compared as strings (a hash collision merges nothing) and the keeper rule sees
    every member of each group, as in memory.
-3. Banding: a DuckDB group-by over the band keys of the exact pass's survivors keeps the
-   buckets of two or more rows; `corpus.minhash.bucket_pairs` turns them into candidate pairs.
+3. Banding: a DuckDB group-by over the band keys of the exact pass's survivors, band by band,
+   keeps the buckets of two or more rows; `corpus.minhash.bucket_pairs` turns them into candidate pairs.
 4. Verification, clustering and the keeper rule (`filters.dedup.resolve_pairs`) run on the rows
    of candidate pairs only, their signatures and fields read back piece by piece.
 5. The kept rows are the input shards less the removed rows (`corpus.operator.KeptRows`),
@@ -145,17 +145,8 @@ class _SignPiece:
         has_text = (sig != np.uint32(0xFFFFFFFF)).any(axis=1)
         without.append(rows[~has_text])
         sig, docs = sig[has_text], rows[has_text]
-        keys = [band_keys(sig, b, self.band_rows) for b in range(self.bands)]
-        yield (
-            "bands",
-            pa.table(
-                {
-                    "band": np.repeat(np.arange(self.bands, dtype=np.int32), docs.size),
-                    "key": np.concatenate(keys) if keys else np.zeros(0, np.uint64),
-                    "doc": np.tile(docs, self.bands),
-                }
-            ),
-        )
+        for b in range(self.bands):
+            yield f"band{b:03d}", pa.table({"key": band_keys(sig, b, self.band_rows), "doc": docs})
 
 
 def _map(fn: Callable[[Piece], np.ndarray], items: list[Piece], workers: int) -> Iterator:
@@ -212,7 +203,7 @@ def _duckdb(folder: Path, memory: int, workers: int):
     import duckdb
 
     con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{max(memory // 2**20, 64)}MiB'")
+    con.execute(f"SET memory_limit = '{max(memory // 2 // 2**20, 64)}MiB'")  # half: Python's too
     con.execute(f"SET temp_directory = '{folder / 'spill'}'")
     con.execute(f"SET threads = {workers}")
     con.execute("SET preserve_insertion_order = false")
@@ -273,15 +264,20 @@ def dedup_out_of_core(
             return _finish(parts, exact_rows, exact_removed, stats, start, batch, removal_schema)
         lsh_start = time.perf_counter()
         con.register("gone", pa.table({"doc": exact_rows}))
-        bucketed = con.sql(
-            f"""WITH b AS (SELECT band, key, doc FROM read_parquet('{folder}/bands-*.parquet')
-                ANTI JOIN gone USING (doc)),
-            m AS (SELECT band, key FROM b GROUP BY band, key HAVING count(*) > 1)
-            SELECT band, key, doc AS row FROM b SEMI JOIN m USING (band, key)"""
-        ).to_arrow_table()
+        found = []
+        for band in range(bands):  # one band at a time, as `corpus.minhash.candidate_pairs`
+            bucketed = con.sql(
+                f"""WITH b AS (SELECT key, doc FROM read_parquet('{folder}/band{band:03d}-*.parquet')
+                    ANTI JOIN gone USING (doc)),
+                m AS (SELECT key FROM b GROUP BY key HAVING count(*) > 1)
+                SELECT {band}::INTEGER AS band, key, doc AS row FROM b SEMI JOIN m USING (key)"""
+            ).to_arrow_table()
+            frame = pl.from_arrow(bucketed).cast(
+                {"band": pl.Int32, "key": pl.UInt64, "row": pl.Int64}
+            )
+            found.append(bucket_pairs(frame))
         con.close()
-        frame = pl.from_arrow(bucketed).cast({"band": pl.Int32, "key": pl.UInt64, "row": pl.Int64})
-        left, right = unique_pairs([bucket_pairs(frame)])
+        left, right = unique_pairs(found)
         stats["lsh_seconds"] = round(time.perf_counter() - lsh_start, 3)
         involved = np.unique(np.concatenate([left, right]))
         subset = _take(parts, involved, columns, batch)
@@ -308,5 +304,5 @@ def dedup_out_of_core(
 def _finish(parts, gone, removed, stats, start, batch, removal_schema) -> OpResult:
     stats["seconds"] = round(time.perf_counter() - start, 3)
     stats["executor"] = "local"
-    kept = KeptRows(parts, np.sort(gone), batch)
+    kept = KeptRows(parts, np.sort(gone), max(batch, 65536))
     return OpResult(kept, removed.cast(removal_schema), stats)

@@ -139,8 +139,8 @@ def apply_across(
     """Run `op` over several versions at once; one new version per dataset that lost rows.
 
     All the new versions are registered in one transaction: all or none. The rows carry their
-    dataset (`_dataset`), so this runs inline, or on Ray by the operator's own plan
-    (`Operator.ray_plan`). `params` defaults to `op.params()`.
+    dataset (`_dataset`), so this runs inline, or by the operator's own plan locally
+    (`Operator.local_plan`) or on Ray (`Operator.ray_plan`). `params` defaults to `op.params()`.
     """
     if not sources:
         raise KalmixError(f"no datasets selected for {operation}")
@@ -150,7 +150,9 @@ def apply_across(
         raise KalmixError(f"the selected datasets are empty: nothing to {operation}")
     kind = check_executor(executor)
     if (kind == "local" and op.local_plan() is None) or (kind == "ray" and op.ray_plan() is None):
-        raise KalmixError(f"{operation} across datasets runs inline or on Ray, not {executor!r}")
+        raise KalmixError(
+            f"{operation} across datasets runs inline or by its own plan, not {executor!r}"
+        )
     shards = [(info.dataset, str(f)) for info in sources for f in info.files]
     result = make_executor(executor, address=address).run(op, shards)
     params = op.params() if params is None else params

@@ -68,6 +68,15 @@ MIGRATIONS: list[str] = [
     SELECT name, task_type, domain, string_split(languages, ';'), description, instruction
     FROM taxonomy WHERE name NOT IN (SELECT name FROM categories);
     """,
+    # v3: data attribution (`kalmix mix attribute`): the effect of each dataset or category of a
+    # mixture version on each score mean, by leave-one-out proxy runs or a search's regression.
+    """
+    CREATE TABLE attributions(
+        mixture VARCHAR NOT NULL, version INTEGER NOT NULL, unit_kind VARCHAR NOT NULL,
+        method VARCHAR NOT NULL, unit VARCHAR NOT NULL, metric VARCHAR NOT NULL,
+        effect DOUBLE, sd DOUBLE, n INTEGER, created_at TIMESTAMP DEFAULT now());
+    CREATE INDEX attributions_mixture ON attributions(mixture, version);
+    """,
 ]
 LATEST_VERSION = len(MIGRATIONS)
 # datasets_view's columns as --help and WHERE errors list them (keep in step with the view):

@@ -13,3 +13,8 @@ DATASETS_VIEW_COLUMNS = (
     "latest_version, tags (list), source, is_eval, last_operation, stats (JSON), created_at, "
     "updated_at"
 )
+
+# What `kalmix mix attribute` attributes effects to, and how (`catalog.attributions` stores them;
+# auto: the regression where the mixture came from a search, else leave-one-out runs).
+ATTRIBUTION_UNITS: tuple[str, ...] = ("dataset", "category")
+ATTRIBUTION_METHODS: tuple[str, ...] = ("auto", "regression", "leave-one-out")

@@ -21,6 +21,7 @@ from kalmix.commands import (
     embed,
     eval,
     mix,
+    search,
     synth,
     train,
     workspace,
@@ -49,7 +50,19 @@ def root(
 
 
 # In pipeline order, which is the order `kalmix --help` lists them in.
-for module in (workspace, corpora, catalog, clean, embed, synth, mix, train, eval, dashboard):
+for module in (
+    workspace,
+    corpora,
+    catalog,
+    clean,
+    embed,
+    synth,
+    mix,
+    search,
+    train,
+    eval,
+    dashboard,
+):
     module.register(app)
 
 

@@ -242,13 +242,15 @@ class Runner:
     workers: int = 0
     address: str | None = None
 
-    def map(self, ws_root: Path, config: SearchConfig, jobs: list[Job], logs: Path) -> Iterator:
-        """(job, result) pairs as jobs finish; a result is {"scores": ...} or {"error": ...}."""
+    def map(self, ws_root: Path, proxy: dict, jobs: list[Job], logs: Path) -> Iterator:
+        """(job, result) pairs as jobs finish; a result is {"scores": ...} or {"error": ...}.
+
+        `proxy` holds the proxy's `epochs`, `batch_size` and the evaluation's `tasks`."""
         from corpus.executor import default_workers
 
         workers = min(self.workers or default_workers(), len(jobs)) or 1
         threads = max(1, default_workers() // workers)
-        args = [(str(ws_root), asdict(j), asdict(config), str(logs), threads) for j in jobs]
+        args = [(str(ws_root), asdict(j), proxy, str(logs), threads) for j in jobs]
         if self.executor == "inline":
             for job, arg in zip(jobs, args, strict=True):
                 yield job, run_job(*arg[:-1], threads=0)
@@ -288,7 +290,7 @@ class Runner:
                 ray.cancel(ref)
 
 
-def run_job(ws_root: str, job: dict, config: dict, logs: str, *, threads: int) -> dict:
+def run_job(ws_root: str, job: dict, proxy: dict, logs: str, *, threads: int) -> dict:
     """Train (or resume, or reuse) one job's proxy and evaluate it; its output goes to a log.
 
     Runs in a worker process (or inline: `threads` 0 leaves torch's threads alone). Errors come
@@ -316,14 +318,14 @@ def run_job(ws_root: str, job: dict, config: dict, logs: str, *, threads: int) -
                 cfg = TrainConfig().override(
                     **PROXY,
                     seed=job["seed"],
-                    epochs=config["epochs"],
-                    batch_size=config["batch_size"],
+                    epochs=proxy["epochs"],
+                    batch_size=proxy["batch_size"],
                     checkpoint_every=1_000_000,
                 )
                 train(cat.workspace, run_name=job["run"], mixture=job["mixture"], cfg=cfg)
             elif info.status != "completed":
                 train(cat.workspace, run_name=job["run"], resume=True)
-            tasks = tuple(config["tasks"])
+            tasks = tuple(proxy["tasks"])
             try:
                 row = compare_table(cat, runs=[job["run"]], include_reference=False, tasks=tasks)
             except KalmixError:  # not evaluated yet
@@ -460,7 +462,8 @@ def _execute(
             report(offset + len(done) + len(failures), total, f"{label} {best}" if best else label)
 
     tell()
-    for job, result in runner.map(cat.workspace.root, state.config, todo, state.folder / "logs"):
+    proxy = asdict(state.config)
+    for job, result in runner.map(cat.workspace.root, proxy, todo, state.folder / "logs"):
         if "error" in result:
             if not succeeded:
                 raise KalmixError(

@@ -14,8 +14,7 @@ import typer
 from catalog.vocabulary import DATASETS_VIEW_COLUMNS, WEIGHTINGS
 from corpus.console import console, print_json, print_table, progress
 from corpus.errors import KalmixError
-from corpus.vocabulary import check_executor, executor_help
-from kalmix.commands.options import ADDRESS, JSON, open_catalog, split_list
+from kalmix.commands.options import JSON, open_catalog
 
 if TYPE_CHECKING:
     from catalog.mixtures import ManifestEntry, MixtureVersion
@@ -240,128 +239,10 @@ def show(
     )
     console.print(f"spec: {json.dumps(spec, ensure_ascii=False)}", markup=False)
     if mv.spec.get("search"):
-        _print_search(mv.spec["search"])
+        from kalmix.commands.search import print_search
+
+        print_search(mv.spec["search"])
     _print_manifest(mv.entries, "manifest")
-
-
-SEARCH_EXECUTORS = ("local", "ray", "inline")
-
-
-@app.command()
-def search(
-    name: str = typer.Argument(..., help="Mixture to register the best weighting as (NAME@vN)."),
-    where: str = typer.Option(
-        ..., "--where", help="SQL WHERE over the datasets view: the datasets to weight (2 or more)."
-    ),
-    budget: int = typer.Option(..., "--budget", help="Rows of every trial mixture."),
-    trials: int = typer.Option(
-        24, "--trials", help="Weightings tried: the 3 baselines plus Dirichlet samples (>= 4)."
-    ),
-    objective: str = typer.Option(
-        "mean", "--objective", help="What to maximise: mean, mean_<task type> or a task name."
-    ),
-    seeds: int = typer.Option(
-        2, "--seeds", help="Proxy seeds per trial (and fresh ones to validate)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sampled weightings."),
-    tasks: str = typer.Option(
-        None,
-        "--tasks",
-        help="Comma list of local-suite tasks (default: the whole suite, full splits).",
-    ),
-    epochs: float = typer.Option(2.0, "--epochs", help="Proxy epochs over each trial mixture."),
-    batch_size: int = typer.Option(
-        None, "--batch-size", help="Proxy batch size (default: the static recipe's 512)."
-    ),
-    executor: str = typer.Option(
-        "local",
-        "--executor",
-        help=executor_help(SEARCH_EXECUTORS, "Trials are independent runs: one per worker."),
-    ),
-    workers: int = typer.Option(
-        0, "--workers", help="Processes with --executor local (0 = one per core)."
-    ),
-    address: str = ADDRESS,
-    as_json: bool = JSON,
-) -> None:
-    """Search mixture weightings with the static proxy and register the predicted best.
-
-    Every trial is a mixture of the selected datasets at --budget rows (proportional, uniform,
-    temperature 2, then Dirichlet draws around temperature 2), a static proxy trained on it
-    per seed (kalmix train --arch static, random init) and its local-suite scores. A ridge
-    regression from weights to the objective (its cross-validated R² is printed) ranks many
-    candidate weightings; the mean of the best is validated with fresh seeds against the best
-    baseline and registered as NAME@vN, its spec holding the whole search (kalmix mix show).
-    A killed search resumes when run again with the same options (state in
-    searches/NAME/ of the workspace; each job's log in its logs/).
-
-    Example: kalmix mix search searched --where "not is_eval" --trials 24 --budget 60000 --seeds 2
-    """
-    from kalmix.search import Runner, SearchConfig
-    from kalmix.search import search as run_search
-
-    config = SearchConfig(
-        where=where,
-        budget=budget,
-        trials=trials,
-        objective=objective,
-        seeds=seeds,
-        seed=seed,
-        tasks=split_list(tasks),
-        epochs=epochs,
-        batch_size=batch_size,
-    )
-    runner = Runner(check_executor(executor, SEARCH_EXECUTORS), workers, address)
-    cat = open_catalog()
-    start = time.perf_counter()
-    with progress() as bar:
-        task = bar.add_task(f"search {name}", total=None)
-
-        def report(done: int, total: int, best: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"search {name}: {best}")
-
-        outcome = run_search(cat, name, config, runner=runner, report=report)
-    if as_json:
-        print_json(_as_dict(outcome.mixture))
-        return
-    _print_search(outcome.mixture.spec["search"])
-    for failure in outcome.failures:
-        console.print(f"failed: {failure}", markup=False)
-    console.print(
-        f"mix search: {len(outcome.record['trials'])} trials x {seeds} seeds "
-        f"({outcome.reused} jobs reused) -> {outcome.mixture.ref}: {outcome.mixture.rows} rows; "
-        f"{time.perf_counter() - start:.1f}s"
-    )
-
-
-def _print_search(record: dict) -> None:
-    """The search behind a mixture: its trials, its model, and the validation."""
-    import pyarrow as pa
-
-    objective = record["objective"]
-    trials = sorted(record["trials"], key=lambda t: -(t["objective"] or float("-inf")))
-    rows = [
-        {"trial": t["trial"], "kind": t["kind"], objective: t["objective"], "seeds": len(t["scores"]),
-         **{k: round(v, 3) for k, v in t["weights"].items()}}
-        for t in trials
-    ]  # fmt: skip
-    print_table(pa.Table.from_pylist(rows), title=f"search: {len(rows)} trials by {objective}")
-    model, val = record["model"], record["validation"]
-    r2 = "n/a" if model["cv_r2"] is None else f"{model['cv_r2']:.3f}"
-    console.print(
-        f"searched: {len(rows)} trials x {record['seeds']} seeds, budget {record['budget']:,}; "
-        f"{model['model']} (alpha {model['alpha']:g}) on {model['trials']} trials, "
-        f"cross-validated R² {r2}; predicted {objective} {record['predicted']:.4f} (best "
-        f"baseline {record['best_baseline']['kind']} {record['best_baseline']['objective']:.4f})",
-        markup=False,
-    )
-    if val["diff_mean"] is not None:
-        sd = f" ± {val['diff_sd']:.4f}" if val["diff_sd"] is not None else ""
-        console.print(
-            f"validated on fresh seeds {', '.join(map(str, val['seeds']))}: proposed - "
-            f"{val['baseline']} = {val['diff_mean']:+.4f}{sd} ({objective})",
-            markup=False,
-        )
 
 
 @app.command()

@@ -155,3 +155,69 @@ def test_an_unfinished_search_refuses_other_settings(workspace):
     assert isinstance(result.exception, KalmixError)
     assert "has other settings (batch_size=100000)" in str(result.exception)
     assert "other" not in list_mixtures(cat).column("name").to_pylist()
+
+
+@pytest.fixture
+def found(workspace) -> str:
+    """`found@v1`, the searched mixture (registered by the resume test, or here when alone)."""
+    if "found" not in list_mixtures(Catalog.open(workspace)).column("name").to_pylist():
+        assert cli(workspace, "mix", "search", "found", *SEARCH).exit_code == 0
+    return "found@v1"
+
+
+def stored(cat: Catalog, mixture: str, unit_kind: str) -> list[dict]:
+    return cat.query(
+        "SELECT method, unit, metric, effect, sd, n FROM attributions"
+        " WHERE mixture = ? AND unit_kind = ? ORDER BY unit, metric",
+        [mixture, unit_kind],
+    ).to_pylist()
+
+
+def test_attribution_of_a_searched_mixture_comes_from_its_regression(workspace, found):
+    result = cli(workspace, "mix", "attribute", found, "--by", "category", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["method"] == "regression" and "predicted by the ridge regression" in out["note"]
+    categories = {"faq-retrieval", "customer-support-intent", "general-sts"}
+    assert {e["unit"] for e in out["effects"]} == categories
+    metrics = {e["metric"] for e in out["effects"]}
+    assert metrics == {"mean", "mean_classification", "mean_sts"}
+    rows = stored(Catalog.open(workspace), "found", "category")
+    assert len(rows) == 9 and all(r["method"] == "regression" and r["n"] == 4 for r in rows)
+    table = cli(workspace, "mix", "attribute", found)
+    assert "(regression): predicted by" in table.output and "intents" in table.output
+
+
+def test_leave_one_out_measures_each_dataset_and_reuses_its_runs(workspace):
+    cat = Catalog.open(workspace)
+    if "small" not in list_mixtures(cat).column("name").to_pylist():
+        made = cli(workspace, "mix", "create", "small", "-d", "faq", "-d", "intents", "-d", "sts",
+                   "--budget", "200")  # fmt: skip
+        assert made.exit_code == 0, made.output
+    options = [*SEARCH[SEARCH.index("--seeds") :]]  # the proxy options of the search
+    result = cli(workspace, "mix", "attribute", "small@v1", "--json", *options)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["method"] == "leave-one-out" and "measured by leave-one-out" in out["note"]
+    assert {e["unit"] for e in out["effects"]} == {"faq", "intents", "sts"}
+    assert all(e["n"] == 1 and e["sd"] is None for e in out["effects"])
+    before = finished(cat, "small-v1-")
+    assert set(before) == {f"small-v1-{u}-seed0" for u in ("full", "without-faq",
+                                                           "without-intents", "without-sts")}  # fmt: skip
+    again = json.loads(cli(workspace, "mix", "attribute", "small@v1", "--json", *options).output)
+    assert again["effects"] == out["effects"] and finished(cat, "small-v1-") == before
+    assert len(stored(cat, "small", "dataset")) == len(out["effects"])  # replaced, not added
+
+
+def test_attribution_refuses_what_it_cannot_attribute(workspace):
+    cat = Catalog.open(workspace)
+    if "one" not in list_mixtures(cat).column("name").to_pylist():
+        assert cli(workspace, "mix", "create", "one", "-d", "faq").exit_code == 0
+    single = cli(workspace, "mix", "attribute", "one@v1")
+    assert "has one dataset (faq)" in str(single.exception)
+    wrong = cli(
+        workspace, "mix", "attribute", "one@v1", "--by", "category", "--method", "regression"
+    )
+    assert "has one category" in str(wrong.exception)
+    no_search = cli(workspace, "mix", "attribute", "mix@v1", "--method", "regression")
+    assert "was not made by kalmix mix search" in str(no_search.exception)

@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 from corpus.errors import KalmixError
-from corpus.schema import suggest
 from corpus.toml import read_toml
 
 ARCHS = ("transformer", "static")
@@ -262,6 +261,8 @@ class TrainConfig:
         known = {f.name: f for f in fields(cls)}
         for key in data:
             if key not in known:
+                from corpus.schema import suggest  # polars, DuckDB: not for a valid config
+
                 raise KalmixError(
                     f"{source}: unknown training setting {key!r}{suggest(key, list(known))}"
                 )

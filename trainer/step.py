@@ -44,18 +44,21 @@ import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from trainer.checkpoint import rng_state, set_rng_state
 from trainer.config import TrainConfig
-from trainer.data import Example
 from trainer.distributed import Dist, all_reduce_grads, gather
 from trainer.loss import LossOutput, Mixing, distillation, info_nce, truncate
 from trainer.model import pad, tokenize
 from trainer.packing import attention_for
 from trainer.packing import pack as pack_texts
 from trainer.static import StaticEmbedder, pack
+
+if TYPE_CHECKING:  # trainer.data reads mixtures (the catalog); the step needs only the type
+    from trainer.data import Example
 
 # ----------------------------------------------------------------------------- one step
 

@@ -9,17 +9,12 @@ import typer
 # The catalog and Arrow are imported inside the commands (kalmix/commands/__init__.py says why).
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
-from kalmix.commands.options import JSON, open_catalog
+from kalmix.commands.options import JSON, command_group, open_catalog
 
-app = typer.Typer(
-    help="Browse the catalog: task categories, datasets, versions and lineage.",
-    no_args_is_help=True,
+app, register = command_group(
+    "catalog",
+    "Browse the catalog: task categories, datasets, versions and lineage.",
 )
-
-
-def register(root: typer.Typer) -> None:
-    """Add the `catalog` group to the `kalmix` app."""
-    root.add_typer(app, name="catalog")
 
 
 @app.command()

@@ -20,7 +20,7 @@ from rich.table import Table
 # The corpora, the catalog and ingest are imported inside the commands
 # (kalmix/commands/__init__.py says why).
 from corpus.console import console, print_json
-from kalmix.commands.options import JSON, open_catalog
+from kalmix.commands.options import JSON, command_group, open_catalog
 
 if TYPE_CHECKING:
     from catalog.db import Catalog
@@ -32,16 +32,11 @@ LIST_COLUMNS = ("name", "task type", "category", "languages", "licence", "packag
 LIST_COLUMNS += ("rows",)
 WRAPPED = {"languages", "licence"}
 
-app = typer.Typer(
-    help="Real raw corpora from Debian packages (WordNet, GCIDE, FOLDOC, FreeDict, man pages, "
+app, register = command_group(
+    "corpora",
+    "Real raw corpora from Debian packages (WordNet, GCIDE, FOLDOC, FreeDict, man pages, "
     "package descriptions, Python docstrings) as datasets.",
-    no_args_is_help=True,
 )
-
-
-def register(root: typer.Typer) -> None:
-    """Add the `corpora` group to the `kalmix` app."""
-    root.add_typer(app, name="corpora")
 
 
 def describe(corpus: corpora.Corpus, count_rows: bool = True) -> dict[str, Any]:

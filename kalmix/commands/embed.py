@@ -19,7 +19,7 @@ import typer
 
 from corpus.console import console
 from corpus.errors import KalmixError
-from kalmix.commands.options import ACROSS, EMBED_BATCH, EMBED_MODEL, PRIORITY
+from kalmix.commands.options import ACROSS, EMBED_BATCH, EMBED_MODEL, PRIORITY, command_group
 from kalmix.commands.options import priority as parse_priority
 
 if TYPE_CHECKING:
@@ -28,9 +28,8 @@ if TYPE_CHECKING:
     from catalog.workspace import Workspace
     from filters.embedder import Embedder
 
-filter_app = typer.Typer(
-    help="Model-based filters over a dataset version (ranking consistency).",
-    no_args_is_help=True,
+filter_app, register_filter = command_group(
+    "filter", "Model-based filters over a dataset version (ranking consistency)."
 )
 
 POOL_HELP = (
@@ -323,6 +322,6 @@ def semdedup(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the `kalmix` app: `filter consistency`, `mine`, `semdedup`."""
-    app.add_typer(filter_app, name="filter")
+    register_filter(app)
     app.command("mine")(mine)
     app.command("semdedup")(semdedup)

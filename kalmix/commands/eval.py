@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 # The catalog (DuckDB, Arrow) is imported inside the commands too (kalmix/commands/__init__.py).
 from corpus.console import console, print_json, print_table
 from corpus.errors import KalmixError
-from kalmix.commands.options import JSON, open_catalog, split_list
+from kalmix.commands.options import JSON, command_group, open_catalog, split_list
 
 if TYPE_CHECKING:
     import click
@@ -45,12 +45,7 @@ class EvalGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=EvalGroup, help=HELP, no_args_is_help=True)
-
-
-def register(root: typer.Typer) -> None:
-    """Add the `eval` group to the `kalmix` app."""
-    root.add_typer(app, name="eval")
+app, register = command_group("eval", HELP, cls=EvalGroup)
 
 
 def _runs_matching(cat, patterns: tuple[str, ...]) -> list[str]:

@@ -14,20 +14,15 @@ import typer
 from catalog.vocabulary import DATASETS_VIEW_COLUMNS, WEIGHTINGS
 from corpus.console import console, print_json, print_table, progress
 from corpus.errors import KalmixError
-from kalmix.commands.options import JSON, open_catalog
+from kalmix.commands.options import JSON, command_group, open_catalog
 
 if TYPE_CHECKING:
     from catalog.mixtures import ManifestEntry, MixtureVersion
 
-app = typer.Typer(
-    help="Versioned data mixtures: datasets chosen by a catalog query, weighted, capped, frozen.",
-    no_args_is_help=True,
+app, register = command_group(
+    "mix",
+    "Versioned data mixtures: datasets chosen by a catalog query, weighted, capped, frozen.",
 )
-
-
-def register(root: typer.Typer) -> None:
-    """Add the `mix` group to the `kalmix` app."""
-    root.add_typer(app, name="mix")
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str]:

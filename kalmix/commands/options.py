@@ -20,6 +20,20 @@ if TYPE_CHECKING:
     from catalog.db import Catalog
 
 
+def command_group(
+    name: str, help: str, **settings: Any
+) -> tuple[typer.Typer, Callable[[typer.Typer], None]]:
+    """A command group (`kalmix NAME ...`, its help shown when called bare) and the `register`
+    that mounts it on the root app, as every command module has."""
+    group = typer.Typer(help=help, no_args_is_help=True, **settings)
+
+    def register(root: typer.Typer) -> None:
+        root.add_typer(group, name=name)
+
+    register.__doc__ = f"Add the `{name}` group to the `kalmix` app."
+    return group, register
+
+
 def split_list(text: str | None) -> tuple[str, ...]:
     """`"a, b,,c"` -> `("a", "b", "c")`; None or blank -> `()`."""
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())

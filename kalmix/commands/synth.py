@@ -17,22 +17,17 @@ import typer
 from corpus.console import console
 from corpus.errors import KalmixError
 from corpus.vocabulary import check_executor, executor_help
-from kalmix.commands.options import grouped, open_catalog, split_list
+from kalmix.commands.options import command_group, grouped, open_catalog, split_list
 from synth.vocabulary import BACKENDS, RETRIEVAL_FORMS
 
 if TYPE_CHECKING:
     from kalmix.pipeline import StepReport
     from kalmix.synthesis import SynthSettings
 
-app = typer.Typer(
-    help="Persona-driven synthesis: personas from corpus text, then task examples as JSON.",
-    no_args_is_help=True,
+app, register = command_group(
+    "synth",
+    "Persona-driven synthesis: personas from corpus text, then task examples as JSON.",
 )
-
-
-def register(root: typer.Typer) -> None:
-    """Add the `synth` group to the `kalmix` app."""
-    root.add_typer(app, name="synth")
 
 
 SYNTH_EXECUTORS = ("inline", "ray")  # generation is not split over local processes

@@ -38,6 +38,7 @@ pages = st.navigation(
         st.Page(HERE / "views/mixtures.py", title="Mixtures", icon=":material/blender:"),
         st.Page(HERE / "views/runs.py", title="Runs", icon=":material/model_training:"),
         st.Page(HERE / "views/compare.py", title="Compare", icon=":material/leaderboard:"),
+        st.Page(HERE / "views/search.py", title="Search", icon=":material/travel_explore:"),
     ]
 )
 pages.run()

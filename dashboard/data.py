@@ -336,6 +336,37 @@ def mixtures_view(root: str) -> MixturesView:
         )
 
 
+@dataclass
+class SearchView:
+    refs: list[str]  # mixture versions registered by `kalmix mix search`, newest first
+    record: dict | None  # the chosen one's search record (its spec's `search`)
+    effects: pa.Table  # its stored attributions (`kalmix mix attribute`), every unit kind
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def search_view(root: str, ref: str | None) -> SearchView:
+    """The searched mixtures, and for `ref` (default: the newest) its record and effects."""
+    with snapshot(root) as cat:
+        refs = (
+            cat.query(
+                "SELECT mixture || '@v' || version AS ref FROM mixture_versions "
+                "WHERE json_exists(spec, '$.search') ORDER BY created_at DESC, mixture, version DESC"
+            )
+            .column("ref")
+            .to_pylist()
+        )
+        ref = ref if ref in refs else (refs[0] if refs else None)
+        if ref is None:
+            return SearchView(refs, None, pa.table({}))
+        mv = mixtures.resolve_mixture(cat, ref)
+        effects = cat.query(
+            "SELECT unit_kind, method, unit, metric, effect, sd, n FROM attributions "
+            "WHERE mixture = ? AND version = ? ORDER BY unit_kind, metric, unit",
+            [mv.name, mv.version],
+        )
+        return SearchView(refs, mv.spec["search"], effects)
+
+
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def plan(root: str, spec_json: str) -> list[ManifestEntry]:
     """The manifest a spec would resolve to now (`plan_mixture`: reads only)."""

@@ -243,6 +243,23 @@ def dashboard_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return build_workspace(tmp_path_factory.mktemp("dash") / "ws")
 
 
+@pytest.fixture(scope="session")
+def searched_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The trainer tests' sample workspace after a real, tiny `kalmix mix search` (4 trials,
+    1 seed, STS-B only, in this process) that registered `found@v1`: for the Search page."""
+    from kalmix.search import Runner, SearchConfig, search
+    from tests.trainer.helpers import training_workspace
+
+    if not SHARED_DATA.exists():
+        pytest.skip(f"evaluation data not found at {SHARED_DATA}")
+    ws, _ = training_workspace(tmp_path_factory.mktemp("search-page") / "ws")
+    config = SearchConfig(
+        where="not is_eval", budget=200, trials=4, seeds=1, tasks=("STSBenchmark",), batch_size=32
+    )
+    search(Catalog.open(ws), "found", config, runner=Runner("inline"))
+    return ws
+
+
 @pytest.fixture
 def fresh_ws(dashboard_ws: Workspace, tmp_path: Path) -> Workspace:
     """A private copy of the built workspace (for tests that create mixtures or runs)."""

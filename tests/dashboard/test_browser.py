@@ -23,7 +23,10 @@ from pathlib import Path
 import pytest
 
 from catalog.db import Catalog
+from catalog.workspace import Workspace
 from dashboard.server import streamlit_command
+from kalmix.attribution import AttributionConfig, attribute
+from kalmix.search import Runner
 from tests.dashboard.conftest import free_port, wait_healthy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -38,7 +41,7 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 60_000
 # The app's own navigation, in order; nothing else may be listed (no auto-discovered files).
-NAV = ["Catalog", "Dataset", "Mixtures", "Runs", "Compare"]
+NAV = ["Catalog", "Dataset", "Mixtures", "Runs", "Compare", "Search"]
 # Each page's URL path and what shows that it rendered.
 PAGES = {
     "Catalog": ("", ".js-plotly-plot"),
@@ -46,6 +49,7 @@ PAGES = {
     "Mixtures": ("mixtures", '[data-testid="stRadio"]'),
     "Runs": ("runs", ".js-plotly-plot"),
     "Compare": ("compare", ".js-plotly-plot"),
+    "Search": ("search", '[data-testid="stExpander"]'),
 }
 
 
@@ -288,3 +292,41 @@ def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="chromium is missing"):
         _missing("chromium is missing")
+
+
+def test_search_page_and_start_a_search(browser, playwright_api, searched_ws, tmp_path):
+    """The Search page of a searched workspace (screenshot), then its button starts a real
+    `kalmix mix search` in the background, one that stops on its first trial (200 rows are
+    fewer than the proxy's default batch)."""
+    shots = Path(os.environ.get("KALMIX_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    root = Path(shutil.copytree(searched_ws.root, tmp_path / "ws"))
+    cat = Catalog.open(Workspace.load(root))
+    attribute(cat, "found@v1", AttributionConfig(), runner=Runner("inline"))  # the regression's
+    url = start_server(root, tmp_path)
+    page = new_page(browser)
+    page.goto(f"{next(url)}/search")
+    page.get_by_role("heading", name="Search", exact=True).wait_for()
+    page.locator(".js-plotly-plot").nth(2).wait_for(state="visible")
+    settle(page)
+    assert page.get_by_text("cross-validated R²").count() >= 1
+    no_exception(page)
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(shots / "search.png"), full_page=True)
+
+    page.get_by_text("Start a search").click()
+    enter(page, "textbox", "mixture name", "bg")
+    enter(page, "spinbutton", "budget (rows)", "200")
+    page.get_by_text("--budget 200").first.wait_for()
+    settle(page)
+    page.get_by_role("button", name="Start search").click()
+    page.get_by_text(re.compile(r"\(pid \d+\); log: ")).wait_for()
+    log = root / "searches" / "bg" / "launch.log"
+    for _ in range(600):  # at most 5 minutes: a guard against a hang
+        if log.exists() and "error:" in log.read_text():
+            break
+        page.wait_for_timeout(500)
+    said = " ".join(log.read_text().split())  # rich wraps the error line at 160 columns
+    assert re.search(r"trial t0\d-seed\d failed: batch size 512 ", said), said
+    page.context.close()
+    url.close()

@@ -28,6 +28,7 @@ PAGES = (
     "views/mixtures.py",
     "views/runs.py",
     "views/compare.py",
+    "views/search.py",
 )
 
 

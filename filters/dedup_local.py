@@ -163,11 +163,15 @@ def _take(
     """The given corpus rows (sorted) of `columns` (plus `_dataset`), in order; None if none."""
     found = []
     for piece in parts:
-        lo, hi = np.searchsorted(rows, [piece.offset, piece.offset + piece.rows])
-        if lo == hi:
+        start = piece.offset
+        if np.searchsorted(rows, start) == np.searchsorted(rows, start + piece.rows):
             continue
-        table = pa.concat_tables(read_piece(piece, columns, batch_rows))
-        found.append(table.take(pa.array(rows[lo:hi] - piece.offset)))
+        for table in read_piece(piece, columns, batch_rows):
+            lo, hi = np.searchsorted(rows, [start, start + table.num_rows])
+            if lo < hi:
+                found.append(table.take(pa.array(rows[lo:hi] - start)))
+            start += table.num_rows
+    pa.default_memory_pool().release_unused()  # the batches read are garbage now
     return pa.concat_tables(found, promote_options="permissive") if found else None
 
 

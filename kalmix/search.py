@@ -385,7 +385,8 @@ def search(
     model = search_fit.fit(
         names=names, weights=weights, y=np.array([t["objective"] for t in finished])
     )
-    proposal = _proposal(state, model, names)
+    trusted = model.cv_r2 is not None and model.cv_r2 > 0
+    proposal = _proposal(state, model, names, None if trusted else finished)
     baselines = [t for t in finished if t["kind"] in BASELINES]
     if not baselines:
         raise KalmixError("no baseline trial finished: rerun the search; nothing registered")
@@ -412,6 +413,7 @@ def search(
         "trials": per_trial,
         "model": model.to_dict(),
         "proposed": proposal,
+        "proposed_from": "regression" if trusted else "best trial (cross-validated R² <= 0)",
         "predicted": float(model.predict(np.array([proposal[n] for n in names]))[0]),
         "best_baseline": {"kind": best["kind"], "objective": best["objective"]},
         "validation": validation,
@@ -424,14 +426,23 @@ def search(
     return SearchOutcome(mv, record, reused + again, failures)
 
 
-def _proposal(state: SearchState, model: search_fit.Fit, names: list[str]) -> dict[str, float]:
-    """The predicted best weighting, computed once and kept: a resumed search validates the
+def _proposal(
+    state: SearchState, model: search_fit.Fit, names: list[str], measured: list[dict] | None
+) -> dict[str, float]:
+    """The predicted best weighting, or with `measured` (a fit that predicts no better than
+    the mean out of fold: R² <= 0) the best trial's: extrapolating such a fit would propose a
+    corner of the simplex on noise. Computed once and kept: a resumed search validates the
     proposal it started validating, even if a retried trial would now move the fit."""
     if state.proposal is None:
-        prior = np.array(
-            [state.trials[BASELINES.index("temperature")]["weights"][n] for n in names]
-        )
-        best, _ = search_fit.propose(model, prior, np.random.default_rng(state.config.seed + 1))
+        if measured:
+            top = max(measured, key=lambda t: t["objective"])
+            best = np.array([top["weights"][n] for n in names])
+        else:
+            prior = np.array(
+                [state.trials[BASELINES.index("temperature")]["weights"][n] for n in names]
+            )
+            rng = np.random.default_rng(state.config.seed + 1)
+            best, _ = search_fit.propose(model, prior, rng)
         state.proposal = {n: round(float(w), 6) for n, w in zip(names, best, strict=True)}
         state.save()
     return state.proposal

@@ -155,7 +155,8 @@ def print_search(record: dict) -> None:
     console.print(
         f"searched: {len(rows)} trials x {record['seeds']} seeds, budget {record['budget']:,}; "
         f"{model['model']} (alpha {model['alpha']:g}) on {model['trials']} trials, "
-        f"cross-validated R² {r2}; predicted {objective} {record['predicted']:.4f} (best "
+        f"cross-validated R² {r2}; proposed: {record.get('proposed_from', 'regression')}, "
+        f"predicted {objective} {record['predicted']:.4f} (best "
         f"baseline {record['best_baseline']['kind']} {record['best_baseline']['objective']:.4f})",
         markup=False,
     )

@@ -57,7 +57,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.common import write_results
@@ -336,16 +336,21 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="no leave-one-out variants")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--workspace", type=Path, help="keep (and resume) the workspaces here")
-    args = parser.parse_args()
+    start(parser.parse_args(), run)
+
+
+def start(args: argparse.Namespace, body: Callable[[Path, argparse.Namespace], None]) -> None:
+    """Check the evaluation data, then run `body` in `--workspace` (kept, so a second run
+    resumes) or in a temporary folder. Shared with `benchmarks/mixture_search.py`."""
     if not DATA.is_dir():
         raise SystemExit(f"evaluation data not found at {DATA}; set KALMIX_EVAL_DATA")
     os.environ["KALMIX_EVAL_DATA"] = str(DATA)
     if args.workspace:
         args.workspace.mkdir(parents=True, exist_ok=True)
-        run(args.workspace, args)
+        body(args.workspace, args)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), args)
+            body(Path(tmp), args)
 
 
 def run(root: Path, args: argparse.Namespace) -> None:

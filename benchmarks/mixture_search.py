@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import write_results
 from benchmarks.curation_lift import (
-    DATA,
     MINILM,
     PROXY,
     Kalmix,
@@ -45,6 +43,7 @@ from benchmarks.curation_lift import (
     build_base,
     compare,
     scores,
+    start,
     train,
 )
 
@@ -233,16 +232,7 @@ def main() -> None:
     parser.add_argument("--minilm-steps", type=int, default=40, help="steps x 16 rows")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workspace", type=Path, help="keep (and resume) the workspace here")
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        raise SystemExit(f"evaluation data not found at {DATA}; set KALMIX_EVAL_DATA")
-    os.environ["KALMIX_EVAL_DATA"] = str(DATA)
-    if args.workspace:
-        args.workspace.mkdir(parents=True, exist_ok=True)
-        run(args.workspace, args)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), args)
+    start(parser.parse_args(), run)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,21 @@ absolute: the same). `Embedder.forward` pools each text over its own segment.
 
 The mask takes the form the model's attention implementation reads (`Packed.attention`):
 
-- `flash_attention_2` / `_3` (flash-attn installed, GPU): no mask; the cumulative text lengths
+- `flash_attention_2` (flash-attn installed, GPU): no mask; the cumulative text lengths
   `cu_seq_lens_q/k` and the longest text `max_length_q/k`, which transformers hands to
   `flash_attn_varlen_func` (its `FlashAttentionKwargs`): no T x T work at all;
 - `flex_attention` (GPU without flash-attn): a FlexAttention `BlockMask` from
   `create_block_mask`; blocks of 128 x 128 tokens that no text spans are skipped;
-- `sdpa` (CPU): a dense [1, 1, T, T] boolean mask (`eager`: the same as an additive float mask).
-  transformers returns a 4-D mask as it is. SDPA computes all T x T scores, so this form costs
-  more attention than padding does; it is the CPU path and the reference the tests compare with.
+- `kalmix_varlen_sdpa` (CPU, a model on SDPA): the same cumulative lengths, read by
+  `varlen_sdpa`, which gathers each text into a padded block for attention only;
+- `sdpa` / `eager` (a 4-D mask): a dense [1, 1, T, T] boolean mask (eager: additive float),
+  which transformers passes on as it is. It costs T x T scores for the whole chunk (on CPU
+  1.4x the padded step's time and +50% peak memory on the sorted chunks of
+  `benchmarks/train_cpu.py`), so training takes it only for a model whose attention is eager;
+  the tests use it as the plain reference for the other forms.
 
-`attention_for(device)` picks the implementation: the model's own on CPU, flash-attn or
-FlexAttention on GPU. `tests/trainer/test_packing.py` shows the packed and padded embeddings
+`attention_for(device, current)` picks the implementation: flash-attn or FlexAttention on GPU,
+`kalmix_varlen_sdpa` on CPU for a model on SDPA, else the model's own. `tests/trainer/test_packing.py` shows the packed and padded embeddings
 and loss agree for a BERT encoder and a bidirectional Qwen2.
 """
 
@@ -31,15 +35,66 @@ import importlib.util
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-FLASH = ("flash_attention_2", "flash_attention_3")
+VARLEN_SDPA = "kalmix_varlen_sdpa"
+VARLEN = ("flash_attention_2", VARLEN_SDPA)  # read the cumulative text lengths, not a mask
 
 
 def attention_for(device: torch.device, current: str) -> str:
-    """The attention implementation a packed forward uses on `device` (`current`: the model's)."""
-    if device.type != "cuda":
+    """The attention implementation a packed forward uses on `device` (`current`: the model's):
+    flash-attn or FlexAttention on GPU, `varlen_sdpa` for an SDPA model on CPU, else its own."""
+    if device.type == "cuda":
+        return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
+    if current != "sdpa":
         return current
-    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "flex_attention"
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_SDPA, sdpa_mask)  # padded calls: SDPA's mask
+    return VARLEN_SDPA
+
+
+def varlen_sdpa(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    *,
+    cu_seq_lens_q=None,
+    max_length_q=None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+):
+    """Packed attention on SDPA, as flash-attn's varlen kernel reads it (the cumulative text
+    lengths): each text's queries, keys and values gathered into a [N, H, L, D] block, attended
+    with a key padding mask, scattered back. Attention costs what a padded forward's does; every
+    other layer runs on the real tokens only. Arguments and result as transformers' `sdpa`, which
+    a padded forward (no lengths) gets as it is."""
+    if cu_seq_lens_q is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    lengths = cu_seq_lens_q.diff().long()
+    offsets = torch.arange(max_length_q, device=query.device)
+    valid = offsets < lengths[:, None]  # [N, L]
+    index = (cu_seq_lens_q[:-1, None].long() + offsets).clamp(max=query.shape[2] - 1)
+    groups = getattr(module, "num_key_value_groups", 1)
+
+    def blocks(x: torch.Tensor, repeat: int = 1) -> torch.Tensor:  # [1, H, T, D] -> [N, H, L, D]
+        return x[0].repeat_interleave(repeat, dim=0)[:, index].transpose(0, 1)
+
+    out = F.scaled_dot_product_attention(
+        blocks(query), blocks(key, groups), blocks(value, groups),
+        attn_mask=valid[:, None, None, :], dropout_p=dropout if module.training else 0.0,
+        scale=scaling,
+    )  # fmt: skip
+    return out.transpose(1, 2)[valid].unsqueeze(0), None  # [1, T, H, D]
 
 
 @dataclass
@@ -77,7 +132,7 @@ def pack(ids: list[list[int]], device: torch.device, attention: str) -> Packed:
 
 
 def _mask(attention: str, segments: torch.Tensor, lengths: torch.Tensor, total: int, device):
-    if attention in FLASH:
+    if attention in VARLEN:
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(lengths, 0)
         cu = cu.to(device)

@@ -13,7 +13,7 @@ from trainer.config import TrainConfig
 from trainer.data import BatchSampler, load_mixture
 from trainer.distributed import Dist
 from trainer.model import load_embedder, pad, tokenize
-from trainer.packing import pack
+from trainer.packing import VARLEN_SDPA, attention_for, pack
 from trainer.step import Stepper
 from trainer.train import train
 
@@ -34,6 +34,7 @@ def env(tmp_path_factory):
 
 def embedder(env, arch: str, pooling: str = "mean", attention: str = "sdpa"):
     model, tokenizer = load_embedder(getattr(env, arch), pooling)
+    assert attention_for(CPU.device, "sdpa") == VARLEN_SDPA  # and registers it with transformers
     model.backbone.set_attn_implementation(attention)
     return model.eval(), tokenizer  # eval: dropout would differ between the two layouts
 
@@ -41,8 +42,10 @@ def embedder(env, arch: str, pooling: str = "mean", attention: str = "sdpa"):
 @pytest.mark.parametrize(
     ("arch", "pooling", "attention"),
     [
+        ("bert", "mean", VARLEN_SDPA),
+        ("bert", "cls", VARLEN_SDPA),
         ("bert", "mean", "sdpa"),
-        ("bert", "cls", "sdpa"),
+        ("decoder", "mean", VARLEN_SDPA),
         ("decoder", "mean", "sdpa"),
         ("decoder", "mean", "eager"),
     ],
@@ -69,7 +72,8 @@ def test_packed_embeddings_equal_padded(env, arch, pooling, attention):
 
 @pytest.mark.parametrize("arch", ["bert", "decoder"])
 def test_packed_step_has_the_padded_loss_and_gradients(env, arch):
-    """GradCache (3 chunks) with hard negatives: the same loss and gradients either way."""
+    """GradCache (3 chunks) with hard negatives: the same loss and gradients either way (packed
+    on CPU: `varlen_sdpa`)."""
     cfg = TrainConfig(base=getattr(env, arch), batch_size=4, chunk_size=5, negatives_per_query=1)
     _, sources, _ = load_mixture(env.cat, env.mix, cfg)
     examples = BatchSampler(
@@ -102,6 +106,8 @@ def test_a_run_trains_with_packing(env):
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["loss"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert (result.model_path / "modules.json").exists()
+    for saved in result.model_path.rglob("*.json"):  # loads where kalmix's attention is unknown
+        assert VARLEN_SDPA not in saved.read_text(), saved
 
 
 def test_static_refuses_packing():

@@ -266,26 +266,27 @@ def _real_data(ws, cat, dataset: str) -> None:
         )
 
 
+# Another process writing the catalog as ingest and a training run do: a one-row version of
+# `writer` and the run's summary every PAUSE seconds, printing the count. `python -c WRITER
+# WORKSPACE RUN PAUSE`; tests/dashboard/test_pages.py runs it too.
 WRITER = """
 import sys, time
-import pyarrow as pa
-from catalog import versions
+from catalog import runs, versions
 from catalog.db import Catalog
 from catalog.versions import Commit, DatasetInfo
 from catalog.workspace import Workspace
 from corpus.schema import record_table
 cat = Catalog.open(Workspace.load(sys.argv[1]))
-n = 0
+run, pause, n = sys.argv[2], float(sys.argv[3]), 0
+info = DatasetInfo("writer", "faq-retrieval", "retrieval")
 while True:
     table = record_table([f"q{n}"], task_type="retrieval", category="faq-retrieval",
         positive="p", language="en", source="w")
-    versions.commit(cat, Commit("writer", table, "ingest", {}, info=DatasetInfo("writer",
-        "faq-retrieval", "retrieval")))
-    with cat.write() as con:
-        con.execute("UPDATE runs SET summary = json_object('step', ?) WHERE name = 'run-199'", [n])
+    versions.commit(cat, Commit("writer", table, "ingest", {}, info=info))
+    runs.update_run(cat, run, summary={"step": n})
     n += 1
-    sys.stdout.write(f"{n}\\n"); sys.stdout.flush()
-    time.sleep(0.05)
+    print(n, flush=True)
+    time.sleep(pause)
 """
 
 
@@ -350,7 +351,10 @@ def main() -> None:
             print(name, results[name], flush=True)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(ws.root)], stdout=subprocess.PIPE, text=True, env=env
+            [sys.executable, "-c", WRITER, str(ws.root), "run-199", "0.05"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         try:
             writer.stdout.readline()  # the writer is committing

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from benchmarks.dashboard import WRITER
 from catalog import mixtures, runs, scores
 from catalog.db import Catalog
 from corpus.errors import KalmixError
@@ -290,28 +291,6 @@ def test_app_explains_a_folder_that_is_not_a_workspace(tmp_path, monkeypatch):
     assert not at.exception and "kalmix init" in texts(at.error)
 
 
-WRITER = """
-import sys, time
-import pyarrow as pa
-from catalog import runs, versions
-from catalog.db import Catalog
-from catalog.versions import Commit, DatasetInfo
-from catalog.workspace import Workspace
-from corpus.schema import record_table
-cat = Catalog.open(Workspace.load(sys.argv[1]))
-n = 0
-while True:
-    table = record_table([f"q{n}"], task_type="retrieval", category="faq-retrieval",
-        positive="p", language="en", source="w")
-    versions.commit(cat, Commit("busy", table, "ingest", {}, info=DatasetInfo(
-        "busy", "faq-retrieval", "retrieval")))
-    runs.update_run(cat, "run-d", summary={"step": n})
-    n += 1
-    print(n, flush=True)
-    time.sleep(0.02)
-"""
-
-
 def test_pages_render_while_another_process_writes_the_catalog(fresh_ws, use_ws):
     """An ingest-like writer commits a version and updates a run every ~20 ms while every
     page renders with cold caches: reads wait for the short write transactions."""
@@ -319,7 +298,7 @@ def test_pages_render_while_another_process_writes_the_catalog(fresh_ws, use_ws)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(fresh_ws.root)],
+        [sys.executable, "-c", WRITER, str(fresh_ws.root), "run-d", "0.02"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

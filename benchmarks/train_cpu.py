@@ -25,6 +25,8 @@ on both sides (ours: the sum of step times in metrics.jsonl, which includes toke
 theirs: `train_runtime`). The load average before and after is recorded (2 shared cores).
 
 Run: .venv/bin/python -m benchmarks.train_cpu [--steps 6] [--rounds 2] [--no-static]
+(`--no-static`: MiniLM only, written to `train_cpu_minilm.{json,md}` so the whole run's file stays
+whole.)
 """
 
 from __future__ import annotations
@@ -113,7 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; best is kept")
-    parser.add_argument("--no-static", action="store_true", help="MiniLM only")
+    parser.add_argument(
+        "--no-static", action="store_true", help="MiniLM only (writes train_cpu_minilm.*)"
+    )
     args = parser.parse_args()
     steps, rounds = args.steps, args.rounds
     cfg = {
@@ -193,7 +197,7 @@ def main() -> None:
         f"\nMachine shared with other work: load average {load['before'][0]:.1f} before, "
         f"{load['after'][0]:.1f} after (2 cores); the trainers ran one after another under it.\n"
     )
-    write_results("train_cpu", data, table)
+    write_results("train_cpu_minilm" if args.no_static else "train_cpu", data, table)
 
 
 def _static(root: Path, minilm_cfg: dict, minilm_sample: float) -> tuple[dict, str]:

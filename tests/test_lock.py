@@ -9,6 +9,7 @@ in CI, rather than resolving to whatever the registry serves that day.
 from __future__ import annotations
 
 import re
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -80,6 +81,11 @@ def test_model_packages_are_pinned_and_not_in_the_lock():
 def test_this_environment_is_the_lock():
     """What the tests run on is what `make setup` installs (run it after a pull)."""
     wanted = {n: v for n, (v, _) in (_pins(LOCK) | _pins(MODELS)).items()}
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # Only what is installed in this environment: once something imports setuptools, its
+    # vendored copies (packaging, wheel, ...) are on sys.path too, with their own dist-info.
+    paths = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=paths)
+    }
     got = {n: installed.get(n) for n in wanted}
     assert got == wanted, "the environment differs from the lock: run `make setup`"

@@ -199,7 +199,7 @@ def st_seconds(model: Embedder, b: LocalBatch, device: torch.device, *, warmup, 
 
 def peak_flops(device: torch.device) -> tuple[float, str]:
     if device.type != "cuda":
-        return PEAK_BF16["H100"], "cpu (--tiny; H100 peak as a placeholder)"
+        return PEAK_BF16["H100"], "cpu (--tiny: MFU against an H100 peak, meaningless)"
     name = torch.cuda.get_device_name()
     for key, peak in PEAK_BF16.items():
         if key in name:

@@ -129,20 +129,20 @@ def _jsonl(
     """
     known: list[pa.Schema] = []
 
-    def parse(block: tuple[bytes, int]) -> pa.Table:
+    def parse(block: tuple[pa.Buffer, int]) -> pa.Table:
         data, first = block
         if known:
             options = pajson.ParseOptions(
                 explicit_schema=known[-1], unexpected_field_behavior="error"
             )
             try:
-                return pajson.read_json(io.BytesIO(data), parse_options=options)
+                return pajson.read_json(pa.BufferReader(data), parse_options=options)
             except pa.ArrowInvalid:
                 pass  # a new key or type: infer from every line below
         try:
             table = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None).to_arrow()
         except Exception:  # noqa: BLE001 - any parse failure falls back to the slow path
-            return _jsonl_slow(data.split(b"\n"), first, path, skip_invalid, stats)
+            return _jsonl_slow(data.to_pybytes().split(b"\n"), first, path, skip_invalid, stats)
         try:
             known.append(pa.unify_schemas([*known[-1:], table.schema]))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -154,25 +154,28 @@ def _jsonl(
 
 def _line_blocks(
     path: StorePath, block_bytes: int, stats: ReadStats
-) -> Iterator[tuple[bytes, int]]:
+) -> Iterator[tuple[pa.Buffer, int]]:
+    """Blocks of whole lines and the number of each block's first line.
+
+    Each read lands straight in a fresh buffer after the previous block's unfinished line, and
+    the block handed on is a zero-copy view of it: at 16 MiB blocks, copying them (concatenate,
+    then cut) cost as much CPU as parsing them with an explicit schema.
+    """
     line_no = 0
     tail = b""
     with _open_text(path) as stream:
         while True:
-            chunk = stream.read(block_bytes)
-            data = tail + chunk
-            tail = b""
-            if chunk:
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    tail = data
-                    continue
-                data, tail = data[:cut], data[cut:]
-            if data and not data.isspace():
-                stats.bytes_read += len(data)
-                yield data, line_no + 1
-            line_no += data.count(b"\n")
-            if not chunk:
+            buf = bytearray(len(tail) + block_bytes)
+            buf[: len(tail)] = tail
+            got = stream.readinto(memoryview(buf)[len(tail) :]) or 0
+            end = len(tail) + got
+            cut = buf.rfind(b"\n", 0, end) + 1 if got else end  # at the end, the rest is one line
+            tail = bytes(buf[cut:end])
+            if cut and (got or not buf[:cut].isspace()):
+                stats.bytes_read += cut
+                yield pa.py_buffer(buf).slice(0, cut), line_no + 1
+            line_no += buf.count(b"\n", 0, cut)
+            if not got:
                 return
 
 

@@ -254,7 +254,8 @@ def commit(cat: Catalog, *commits: Commit) -> list[VersionRef]:
                 staged = stack.enter_context(staging(cat, c.dataset))
                 write_table(staged.path, c.data)
                 folders.append(staged)
-        prepared = [_prepare(c, staged) for c, staged in zip(commits, folders, strict=True)]
+        ids = cat.workspace.id_algorithm
+        prepared = [_prepare(c, staged, ids) for c, staged in zip(commits, folders, strict=True)]
         return _register(cat, prepared, stack)
 
 
@@ -270,14 +271,15 @@ class _Prepared:
     columns: list[str]
 
 
-def _prepare(c: Commit, staged: Staged) -> _Prepared:
+def _prepare(c: Commit, staged: Staged, id_algorithm: str) -> _Prepared:
     files = storage.parquet_files(staged.path)
     if files:
         schema = storage.read_schema(files[0])
         missing = [f for f in RECORD_FIELDS if f not in schema.names]
         if missing:
             raise KalmixError(f"staged data lacks record fields {missing}")
-    stats = {**compute_stats(files), **c.stats}
+    # the workspace's id algorithm: how the ids of records made in it are computed
+    stats = {**compute_stats(files), "id_algorithm": id_algorithm, **c.stats}
     removals = c.removals
     if removals is not None:
         removals = removals.select(REMOVALS_SCHEMA.names).cast(REMOVALS_SCHEMA)

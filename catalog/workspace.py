@@ -16,6 +16,7 @@ import tomli_w
 
 from corpus import storage
 from corpus.errors import KalmixError
+from corpus.schema import DEFAULT_ID_ALGORITHM, ID_ALGORITHMS
 from corpus.storage import StorePath, is_uri
 from corpus.toml import parse_toml
 
@@ -74,6 +75,13 @@ class Workspace:
         return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
 
     @property
+    def id_algorithm(self) -> str:
+        """How this workspace's record ids are made (`[records] id`): chosen when `kalmix init`
+        created it and kept, so one file ingested twice gets the same ids. A workspace from
+        before the setting has none in its kalmix.toml: md5, as its versions were made."""
+        return str((self.settings.get("records") or {}).get("id") or "md5")
+
+    @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
@@ -95,7 +103,9 @@ class Workspace:
             for sub in ("data", "runs", "cache"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             settings = (
-                parse_toml(config.read_text(), config) if config.exists() else DEFAULT_SETTINGS
+                parse_toml(config.read_text(), config)
+                if config.exists()
+                else {**DEFAULT_SETTINGS, "records": {"id": DEFAULT_ID_ALGORITHM}}
             )
             if data is not None:
                 settings = _merge(settings, {"storage": {"data": data}})
@@ -118,7 +128,13 @@ class Workspace:
                 f"{root} is not a kalmix workspace (no {CONFIG_NAME}); create one with: kalmix init {root}"
             )
         settings = _merge(DEFAULT_SETTINGS, parse_toml(config.read_text(), config))
-        return cls(root=root, settings=settings)
+        workspace = cls(root=root, settings=settings)
+        if workspace.id_algorithm not in ID_ALGORITHMS:
+            raise KalmixError(
+                f"{config}: [records] id = {workspace.id_algorithm!r} is not an id algorithm; "
+                f"one of: {', '.join(ID_ALGORITHMS)}"
+            )
+        return workspace
 
     @classmethod
     def resolve(cls, path: Path | str | None = None) -> Workspace:

@@ -142,6 +142,7 @@ def ingest_tables(
                 category=category,
                 source=source,
                 language=language,
+                id_algorithm=cat.workspace.id_algorithm,
             )
 
         # The first batch fixes the column mapping, so convert it before going parallel.

@@ -211,7 +211,9 @@ def run_personas(
         "template_hash": template.hash,
         "sampling": settings.params.as_dict(),
     }
-    result = personas_to_records(jobs, run.results, meta, dedup_threshold)
+    result = personas_to_records(
+        jobs, run.results, meta, dedup_threshold, cat.workspace.id_algorithm
+    )
     stats = {**summarize(run.results), "resumed_jobs": run.resumed}
     stats["seconds"] = round(time.perf_counter() - start, 2)
     params = {
@@ -310,7 +312,7 @@ def run_generate(
         "sampling": settings.params.as_dict(),
         "personas": str(source.ref),
     }
-    results = examples_to_records(jobs, run.results, loaded, meta)
+    results = examples_to_records(jobs, run.results, loaded, meta, cat.workspace.id_algorithm)
     if gate:
         results = _apply_gate(cat, loaded, results)
     stats = {**summarize(run.results), "resumed_jobs": run.resumed}

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from corpus.errors import KalmixError
 from corpus.operator import Operator, OpResult, split_by_mask
-from corpus.schema import RECORD_SCHEMA, attach_ids
+from corpus.schema import DEFAULT_ID_ALGORITHM, RECORD_SCHEMA, attach_ids
 from corpus.text import normalized
 from synth.backends import Backend, BackendConfig, Prompt, SamplingParams, make_backend
 from synth.personas import job_id, parse_persona, rejection_removals
@@ -455,9 +455,11 @@ def examples_to_records(
     results: pa.Table,
     templates: dict[str, TaskTemplate],
     meta: dict[str, Any],
+    id_algorithm: str = DEFAULT_ID_ALGORITHM,
 ) -> dict[str, OpResult]:
-    """One OpResult per task type: valid examples as records, minus duplicates; the rejected
-    jobs and the duplicates are its removals; its stats are that task type's."""
+    """One OpResult per task type: valid examples as records (ids by the workspace's
+    `id_algorithm`), minus duplicates; the rejected jobs and the duplicates are its removals;
+    its stats are that task type's."""
     by_job = {r["job_id"]: r for r in results.to_pylist()}
     out: dict[str, OpResult] = {}
     for task_type, template in templates.items():
@@ -495,7 +497,7 @@ def examples_to_records(
                     "meta": json.dumps(row_meta, ensure_ascii=False),
                 }
             )
-        table = attach_ids(pa.Table.from_pylist(rows, schema=_RECORD_INPUT))
+        table = attach_ids(pa.Table.from_pylist(rows, schema=_RECORD_INPUT), id_algorithm)
         kept, dups = _drop_duplicates(table)
         type_results = pa.Table.from_pylist(
             [by_job[j] for j in jobs_of_type.column("job_id").to_pylist()], schema=RESULTS

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from corpus.minhash import MinHashConfig, MinHasher, candidate_pairs, lsh_params
 from corpus.operator import OpResult, removal_table, split_by_mask
-from corpus.schema import UNKNOWN_LANGUAGE, record_table
+from corpus.schema import DEFAULT_ID_ALGORITHM, UNKNOWN_LANGUAGE, record_table
 from corpus.text import ngram_spans, normalized, shingle_text
 from synth.prompts import PersonaTemplate
 
@@ -144,10 +144,14 @@ def near_duplicates(texts: list[str], threshold: float, num_perm: int = 64) -> l
 
 
 def personas_to_records(
-    jobs: pa.Table, results: pa.Table, meta: dict[str, Any], threshold: float
+    jobs: pa.Table,
+    results: pa.Table,
+    meta: dict[str, Any],
+    threshold: float,
+    id_algorithm: str = DEFAULT_ID_ALGORITHM,
 ) -> OpResult:
     """Persona records from finished jobs (`results`: one per job, in job order); rejected jobs
-    and duplicates become removals."""
+    and duplicates become removals. Ids by the workspace's `id_algorithm`."""
     by_job = {r["job_id"]: r for r in results.to_pylist()}
     kept_rows = [
         (job, by_job[job["job_id"]]) for job in jobs.to_pylist() if by_job[job["job_id"]]["ok"]
@@ -160,6 +164,7 @@ def personas_to_records(
         positive=[job["passage"] for job, _ in kept_rows],
         language=[job["language"] for job, _ in kept_rows],
         source="synth",
+        id_algorithm=id_algorithm,
         meta=[
             json.dumps(
                 {

@@ -1,13 +1,17 @@
 import gzip
+import hashlib
 import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xxhash
 import zstandard
 
 from catalog import versions
+from catalog.db import Catalog
+from catalog.workspace import Workspace
 from corpus.errors import KalmixError
 from kalmix.ingest import ingest
 from tests.conftest import write_jsonl
@@ -225,3 +229,27 @@ def test_non_writable_workspace_as_any_user(cat, tmp_path):
     (cat.workspace.data_dir / "faq").write_text("not a folder")
     with pytest.raises(KalmixError, match="cannot write under"):
         ingest(cat, write_jsonl(tmp_path / "f.jsonl", ROWS), name="faq", category="faq-retrieval")
+
+
+def test_ids_follow_the_workspace_algorithm_and_a_workspace_keeps_its_own(ws, tmp_path):
+    path = write_jsonl(tmp_path / "faq.jsonl", ROWS[:3])
+    assert ws.id_algorithm == "xxh3-128" and "[records]" in (ws.root / "kalmix.toml").read_text()
+    cat = Catalog.open(ws)
+    new = versions.resolve(cat, ingest(cat, path, name="faq", category="faq-retrieval").ref)
+    assert new.stats["id_algorithm"] == "xxh3-128"
+    key = "\x1f".join(["retrieval", ROWS[0]["question"], ROWS[0]["answer"], "", "", ""])
+    assert new.read().column("id")[0].as_py() == xxhash.xxh128_hexdigest(key.encode())[:16]
+
+    # a workspace from before the setting (no [records] in kalmix.toml) keeps md5 ids
+    old = Workspace.init(tmp_path / "old")
+    config = old.root / "kalmix.toml"
+    config.write_text(config.read_text().replace('[records]\nid = "xxh3-128"\n', ""))
+    old_cat = Catalog.open(Workspace.load(old.root))
+    ref = ingest(old_cat, path, name="faq", category="faq-retrieval").ref
+    got = versions.resolve(old_cat, ref)
+    assert got.stats["id_algorithm"] == "md5"
+    assert got.read().column("id")[0].as_py() == hashlib.md5(key.encode()).hexdigest()[:16]
+
+    config.write_text(config.read_text() + '[records]\nid = "sha1"\n')
+    with pytest.raises(KalmixError, match=r"\[records\] id = 'sha1' is not an id algorithm"):
+        Workspace.load(old.root)

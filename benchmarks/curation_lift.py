@@ -16,7 +16,10 @@ workspace, in this order:
 2. `langid --min-score 0.5` on the text that carries the language: the positive of retrieval
    data, the query of classification data (headwords, synonym pairs and single-word
    translations are too short for fastText and are left alone);
-3. `semdedup --across "task_type = 'retrieval'" --field positive` (paraphrased passages);
+3. `semdedup --across "task_type = 'retrieval'" --field positive --also query` (a pair whose
+   passage and query both paraphrase another's; since 2026-12-04: on the passage alone it also
+   removed the other lemmas of a WordNet gloss and the other functions of a man page, which
+   are distinct training pairs; results before that date were made without `--also`);
 4. `decontaminate --against <every evaluation file>`, every dataset;
 5. `filter consistency --top-k 50` (KaLM's recipe) on retrieval data;
 6. `mine --negatives 3` (hard negatives from ranks 10-100) on retrieval data.
@@ -25,7 +28,9 @@ table (60x faster than MiniLM on 2 cores, 0.72 on STS-B), so the chain runs on 1
 minutes. Leave-one-step-out variants run the same chain without one step each, again on a copy.
 
 Mixtures: the same spec on every side (temperature weighting tau 2, `--cap-share 0.25`,
-`--budget`, seed = the training seed), so raw and curated differ only in which rows exist.
+`--budget`, seed = the training seed). The weights follow row counts, so the shares move too
+when curation shrinks a source: a third side, *pinned* (the curated rows weighted by their
+raw sizes), splits the lift into what the kept rows bought and what the moved budget bought.
 
 Proxy: `kalmix train --arch static` (a token table with mean pooling on MiniLM's tokenizer,
 random init, so that what it knows comes from the mixture), `--epochs 2` so that every row is
@@ -52,6 +57,7 @@ Run: .venv/bin/python -m benchmarks.curation_lift [--seeds 5 --budget 60000]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -172,6 +178,8 @@ def curate(root: Path, base: Path, variant: str, skip: str | None) -> Path:
             "task_type = 'retrieval' AND NOT is_eval",
             "--field",
             "positive",
+            "--also",
+            "query",
             "--model",
             EMBEDDER,
         )
@@ -188,8 +196,10 @@ def curate(root: Path, base: Path, variant: str, skip: str | None) -> Path:
     return ws
 
 
-def mixture(ws: Path, name: str, refs: list[str], budget: int, seed: int) -> str:
-    """`name@vN` over the given dataset versions with the shared spec and this seed."""
+def mixture(
+    ws: Path, name: str, refs: list[str], budget: int, seed: int, spec: Sequence[str] = MIX
+) -> str:
+    """`name@vN` over the given dataset versions with `spec` (the shared one) and this seed."""
     from catalog.db import Catalog
     from catalog.workspace import Workspace
 
@@ -200,7 +210,7 @@ def mixture(ws: Path, name: str, refs: list[str], budget: int, seed: int) -> str
     ).to_pylist()
     if done:
         return f"{name}@v{done[0]['version']}"
-    Kalmix(ws)("mix", "create", name, *MIX, "--budget", str(budget), "--seed", str(seed),
+    Kalmix(ws)("mix", "create", name, *spec, "--budget", str(budget), "--seed", str(seed),
                *[a for ref in refs for a in ("-d", ref)])  # fmt: skip
     version = cat.query(
         "SELECT max(version) AS v FROM mixture_versions WHERE mixture = ?", [name]
@@ -335,6 +345,9 @@ def main() -> None:
     parser.add_argument("--minilm-steps", type=int, default=40, help="steps x 16 rows")
     parser.add_argument("--skip-steps", action="store_true", help="no leave-one-out variants")
     parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument(
+        "--skip-pinned", action="store_true", help="no curated-at-raw's-shares decomposition"
+    )
     parser.add_argument("--workspace", type=Path, help="keep (and resume) the workspaces here")
     start(parser.parse_args(), run)
 
@@ -394,6 +407,38 @@ def run(root: Path, args: argparse.Namespace) -> None:
     result["tasks"] = tasks
     _write(result, load_before, start)
 
+    # the curated rows at raw's dataset shares: temperature weights come from row counts, so
+    # curation that shrinks a source also moves budget to the others. Pinning every dataset's
+    # weight to its raw size separates what the kept rows bought from what the moved budget did.
+    if not args.skip_pinned:
+        raw_rows = {r["name"]: r["rows"] for r in _datasets(base)}
+        pinned_spec = [
+            "--cap-share", "0.25",
+            *[a for r in _datasets(curated) if r["rows"]
+              for a in ("--weight", f"{r['name']}={raw_rows[r['name']] ** 0.5:.4f}")],
+        ]  # fmt: skip
+        names = []
+        for seed in range(args.seeds):
+            mix = mixture(curated, "curated-pinned", cur_refs, args.budget, seed, pinned_spec)
+            train(curated, mix, f"proxy-pinned-s{seed}", seed, PROXY)
+            names.append(f"proxy-pinned-s{seed}")
+        got_p = scores(curated, names)
+        pinned = [_flat(got_p[n]) for n in names]
+        result["pinned"] = {
+            "seeds": args.seeds,
+            "rows_vs_raw": _lift(raw, pinned),  # same shares: what the kept rows bought
+            "shares_vs_pinned": _lift(pinned, cur),  # same rows: what the moved budget bought
+            "rows_taken_seed0": {
+                side: taken(curated, mixture(curated, m, refs, args.budget, 0, spec))
+                for side, m, refs, spec in (
+                    ("raw", "raw", raw_refs, MIX),
+                    ("curated", "curated", cur_refs, MIX),
+                    ("pinned", "curated-pinned", cur_refs, pinned_spec),
+                )
+            },
+        }
+        _write(result, load_before, start)
+
     # leave one step out: which step bought what
     if not args.skip_steps:
         result["steps"] = {}
@@ -452,6 +497,23 @@ def run(root: Path, args: argparse.Namespace) -> None:
     _write(result, load_before, start)
 
 
+def taken(ws: Path, mix: str) -> dict[str, int]:
+    """Rows each dataset gives mixture `mix` (NAME@vN)."""
+    from catalog.db import Catalog
+    from catalog.workspace import Workspace
+
+    name, version = mix.rsplit("@v", 1)
+    [row] = (
+        Catalog.open(Workspace.load(ws))
+        .query(
+            "SELECT CAST(manifest AS VARCHAR) AS m FROM mixture_versions WHERE mixture = ? AND version = ?",
+            [name, int(version)],
+        )
+        .to_pylist()
+    )
+    return {e["dataset"]: e["rows_taken"] for e in json.loads(row["m"])}
+
+
 def _write(result: dict, load_before: tuple, start: float) -> None:
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["load_average"] = {"before": load_before, "after": os.getloadavg()}
@@ -504,6 +566,39 @@ def report(result: dict) -> str:
         _row(f"{t} ({ty})", p["by_key"][t], p["base"].get(t))
         for t, ty in sorted(tasks.items(), key=lambda x: (x[1], x[0]))
     ]
+    if "pinned" in result:
+        pn = result["pinned"]
+        rows, shares = pn["rows_vs_raw"], pn["shares_vs_pinned"]
+        taken = pn["rows_taken_seed0"]
+        lines += [
+            "",
+            "Where the lift comes from. Temperature weights follow row counts, so a source that "
+            "curation shrinks also gives budget to the others. *Pinned* = the curated rows with "
+            f"every dataset weighted by its raw size ({pn['seeds']} seeds): pinned - raw is what the "
+            "kept rows bought at the same shares; curated - pinned is what the moved budget bought.",
+            "",
+            "| average | raw | pinned | curated | pinned - raw (rows) | curated - pinned (shares) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {rows['by_key'][k]['a_mean']:.4f} | {rows['by_key'][k]['b_mean']:.4f} | "
+            f"{shares['by_key'][k]['b_mean']:.4f} | {rows['by_key'][k]['diff_mean']:+.4f} ± "
+            f"{rows['by_key'][k]['diff_sd']:.4f} | {shares['by_key'][k]['diff_mean']:+.4f} ± "
+            f"{shares['by_key'][k]['diff_sd']:.4f} |"
+            for k in [*keys, *sorted(tasks)]
+        ]
+        lines += [
+            "",
+            "Rows each dataset gives the seed-0 mixtures:",
+            "",
+            "| dataset | raw | curated | pinned |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {taken['raw'].get(n, 0)} | {taken['curated'].get(n, 0)} | "
+            f"{taken['pinned'].get(n, 0)} |"
+            for n in sorted(taken["raw"])
+        ]
     if "steps" in result:
         lines += [
             "",

@@ -70,6 +70,11 @@ def default_threshold(model: str | None) -> float:
 @dataclass(frozen=True)
 class SemDedupConfig:
     field: str = "query"
+    # Fields that must repeat too: a row is a duplicate only when every one of these also
+    # reaches the threshold against the keeper. For pair data, `field="positive",
+    # also=("query",)` keeps several queries of one passage (WordNet's lemmas sharing a gloss,
+    # man pages sharing a DESCRIPTION), which are distinct training pairs, not copies.
+    also: tuple[str, ...] = ()
     threshold: float = DEFAULT_THRESHOLD
     seed: int = 0
     route: str = "auto"
@@ -86,6 +91,8 @@ class SemDedupConfig:
             raise KalmixError(f"--route must be one of {', '.join(ROUTES)}, got {self.route!r}")
         if self.neighbors < 1 or self.probes < 1:
             raise KalmixError("neighbors and probes must be at least 1")
+        if self.field in self.also:
+            raise KalmixError(f"--also {self.field!r} repeats --field")
 
 
 @dataclass
@@ -245,7 +252,8 @@ def pair_recall(found: Pairs, reference: Pairs) -> float:
 
 @dataclass
 class SemanticDedup(Operator):
-    """Operator: remove rows whose `field` embeds within `threshold` cosine of a kept row."""
+    """Operator: remove rows whose `field` (and every `also` field) embeds within `threshold`
+    cosine of a kept row."""
 
     embedder: Embedder
     config: SemDedupConfig = field(default_factory=SemDedupConfig)
@@ -255,6 +263,7 @@ class SemanticDedup(Operator):
         c = self.config
         return {
             "field": c.field,
+            **({"also": list(c.also)} if c.also else {}),  # absent: earlier versions' params
             "threshold": c.threshold,
             "seed": c.seed,
             "route": c.route,
@@ -263,28 +272,33 @@ class SemanticDedup(Operator):
             **self.embedder.params(),
         }
 
-    def __call__(self, table: pa.Table) -> OpResult:
-        cfg = self.config
-        if cfg.field not in table.column_names:
+    def _embed_field(self, table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's index into the field's distinct non-empty texts (-1: empty), and their
+        unit vectors (identical texts are embedded once)."""
+        if name not in table.column_names:
             raise KalmixError(
-                f"field {cfg.field!r} does not exist; text fields: "
+                f"field {name!r} does not exist; text fields: "
                 + ", ".join(
                     n for n in table.column_names if pa.types.is_string(table.schema.field(n).type)
                 )
             )
-        if not pa.types.is_string(table.schema.field(cfg.field).type):
-            raise KalmixError(f"field {cfg.field!r} is not a text field")
-        texts = [t.strip() if t else "" for t in table.column(cfg.field).to_pylist()]
+        if not pa.types.is_string(table.schema.field(name).type):
+            raise KalmixError(f"field {name!r} is not a text field")
+        texts = [t.strip() if t else "" for t in table.column(name).to_pylist()]
         index: dict[str, int] = {}
         text_of = np.array([index.setdefault(t, len(index)) if t else -1 for t in texts], np.int64)
-        if not index:
+        return text_of, self.embedder.encode(list(index)) if index else np.zeros((0, 1))
+
+    def __call__(self, table: pa.Table) -> OpResult:
+        cfg = self.config
+        text_of, vectors = self._embed_field(table, cfg.field)
+        if not len(vectors):
             raise KalmixError(f"field {cfg.field!r} is empty in every row: nothing to compare")
-        distinct = list(index)
-        vectors = self.embedder.encode(distinct)
+        others = [self._embed_field(table, name) for name in cfg.also]
         text_pairs, route = candidate_pairs(vectors, cfg, self.show_progress)
 
         rows = np.flatnonzero(text_of >= 0)
-        first_row = np.empty(len(distinct), np.int64)  # smallest row index of each text
+        first_row = np.empty(len(vectors), np.int64)  # smallest row index of each text
         _, first = np.unique(text_of[rows], return_index=True)
         first_row[text_of[rows[first]]] = rows[first]
         copies = rows[first_row[text_of[rows]] != rows]
@@ -292,8 +306,19 @@ class SemanticDedup(Operator):
         right = np.concatenate([first_row[text_pairs.right], copies])
 
         def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return np.einsum("ij,ij->i", vectors[text_of[a]], vectors[text_of[b]])
+            """The lowest cosine over the fields (two empty texts count as equal)."""
+            out = np.einsum("ij,ij->i", vectors[text_of[a]], vectors[text_of[b]])
+            for of, vec in others:
+                ta, tb = of[a], of[b]
+                both = (ta >= 0) & (tb >= 0)
+                sim = np.where((ta < 0) & (tb < 0), 1.0, 0.0).astype(np.float32)
+                sim[both] = np.einsum("ij,ij->i", vec[ta[both]], vec[tb[both]])
+                out = np.minimum(out, sim)
+            return out
 
+        if others and len(left):  # pairs whose other fields differ are not duplicates
+            same = cosine(left, right) >= cfg.threshold
+            left, right = left[same], right[same]
         keepers, similarity, rounds = resolve_duplicates(
             table, left, right, cosine, cfg.threshold, cfg.keeper
         )
@@ -301,10 +326,11 @@ class SemanticDedup(Operator):
         kept, removed = split_rows(table, keepers.keep, "semantic_duplicate", details)
         stats = {
             "field": cfg.field,
+            **({"also": list(cfg.also)} if cfg.also else {}),
             "threshold": cfg.threshold,
             "route": route,
             "model": self.embedder.name,
-            "distinct_texts": len(distinct),
+            "distinct_texts": len(vectors),
             "embedded": self.embedder.embedded,
             "pairs": len(text_pairs),
             "cluster_rounds": rounds,

@@ -68,8 +68,8 @@ step "5. language ID on the text that carries the language (keep confident predi
 for name in $(datasets "task_type = 'retrieval'"); do run langid "$name" --field positive --min-score 0.5; done
 for name in $(datasets "task_type = 'classification'"); do run langid "$name" --field query --min-score 0.5; done
 
-step "6. semantic dedup of retrieval passages (minilm-static: MiniLM distilled to a token table)"
-run semdedup --across "task_type = 'retrieval' AND NOT is_eval" --field positive --model minilm-static
+step "6. semantic dedup of retrieval pairs whose passage and query both repeat (minilm-static: MiniLM distilled to a token table)"
+run semdedup --across "task_type = 'retrieval' AND NOT is_eval" --field positive --also query --model minilm-static
 
 step "7. persona-driven synthesis with SmolLM2-135M on CPU (tiny budget)"
 SEED_DOCS=$(datasets "name = 'python-docs'")

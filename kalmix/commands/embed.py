@@ -19,7 +19,14 @@ import typer
 
 from corpus.console import console
 from corpus.errors import KalmixError
-from kalmix.commands.options import ACROSS, EMBED_BATCH, EMBED_MODEL, PRIORITY, command_group
+from kalmix.commands.options import (
+    ACROSS,
+    EMBED_BATCH,
+    EMBED_MODEL,
+    PRIORITY,
+    command_group,
+    split_list,
+)
 from kalmix.commands.options import priority as parse_priority
 
 if TYPE_CHECKING:
@@ -239,6 +246,13 @@ def mine(
 def semdedup(
     ref: str = typer.Argument(None, help="Dataset NAME or NAME@vN (or use --across)."),
     field: str = typer.Option("query", "--field", "-f", help="Text field to compare."),
+    also: str = typer.Option(
+        None,
+        "--also",
+        help="Comma list of fields that must repeat too: a row is a duplicate only when these "
+        "reach the threshold as well. For pairs, `--field positive --also query` keeps several "
+        "queries of one passage (lemmas sharing a gloss), which are distinct training pairs.",
+    ),
     threshold: float = typer.Option(
         None,
         "--threshold",
@@ -271,10 +285,11 @@ def semdedup(
 ) -> None:
     """Semantic dedup: remove paraphrased duplicates by embedding cosine (SemDeDup).
 
-    Embeds --field with the shared embedder (cached), finds pairs with cosine >= --threshold,
-    clusters them, and keeps one row per cluster by the keeper rule kalmix dedup uses (--priority
-    sources first, then --prefer, then input order); a row is removed only if its own cosine to
-    the keeper reaches the threshold. Removals record dup_of and the cosine.
+    Embeds --field with the shared embedder (cached), finds pairs with cosine >= --threshold
+    (on every --also field too), clusters them, and keeps one row per cluster by the keeper rule
+    kalmix dedup uses (--priority sources first, then --prefer, then input order); a row is
+    removed only if its own cosine to the keeper reaches the threshold. Removals record dup_of
+    and the cosine (the lowest over the fields).
 
     Example: kalmix semdedup faq --field query --threshold 0.85
     """
@@ -296,6 +311,7 @@ def semdedup(
     rule = KeeperRule(prefer, priority=values, priority_column=column)
     config = SemDedupConfig(  # bad settings fail here, before the model loads
         field=field,
+        also=split_list(also),
         threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
         seed=seed,
         route=route,

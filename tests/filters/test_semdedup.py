@@ -98,6 +98,26 @@ def test_identical_texts_and_keeper_rule(embedder):
     assert result.stats["route"] == "kmeans"
 
 
+def test_also_keeps_several_queries_of_one_passage(embedder):
+    # WordNet's lemmas of one synset share its gloss: distinct training pairs, not copies
+    gloss = "a motor vehicle with four wheels; usually propelled by an internal combustion engine"
+    queries = ["car", "machine", "car", "what is a bank", "what is a bank"]
+    positives = [gloss, gloss, gloss, "sloping land beside a body of water", ""]
+    table = records(queries, positives)
+    ids = table.column("id").to_pylist()
+    on_positive = SemanticDedup(embedder, SemDedupConfig(field="positive"))(table)
+    assert on_positive.table.num_rows == 3  # one row per gloss, and the empty one
+    pairs = SemanticDedup(embedder, SemDedupConfig(field="positive", also=("query",)))(table)
+    # only the repeated (car, gloss) pair goes; "bank" rows differ in their positive
+    assert sorted(pairs.table.column("id").to_pylist()) == sorted(ids[1:])
+    [removed] = pairs.removed.to_pylist()
+    assert json.loads(removed["detail"])["dup_of"] == ids[2]
+    assert pairs.stats["also"] == ["query"]
+    assert "also" not in SemanticDedup(embedder, SemDedupConfig()).params()
+    with pytest.raises(KalmixError, match="repeats --field"):
+        SemDedupConfig(field="query", also=("query",))
+
+
 def _ingest(cli, tmp_path, name: str, rows: list[dict], category: str = "faq-retrieval") -> None:
     src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
     result = cli("ingest", str(src), "--name", name, "--category", category)
@@ -140,6 +160,7 @@ def test_cli_bad_input_is_one_clear_error_and_no_new_version(cli, cat, tmp_path)
 
     cases = [
         (("faq", "--field", "nope"), "does not exist"),
+        (("faq", "--field", "positive", "--also", "nope"), "does not exist"),
         (("intents", "--field", "positive"), "empty in every row"),
         (("faq", "--threshold", "0"), "must be in (0, 1]"),
         (("faq", "--threshold", "1.5"), "must be in (0, 1]"),

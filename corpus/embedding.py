@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus import static
+from corpus import static, storage
 from corpus.errors import KalmixError
 
 SHARD_ROWS = 262_144  # bounds a shard file to about 400 MB at 384 dims
@@ -174,9 +174,8 @@ class EmbeddingCache:
                     ("vecs", vectors[start : start + SHARD_ROWS]),
                     ("keys", keys[start : start + SHARD_ROWS]),
                 ):
-                    tmp = self.folder / f".{name}.{suffix}.tmp.npy"
-                    np.save(tmp, np.ascontiguousarray(data))
-                    os.replace(tmp, self.folder / f"{name}.{suffix}.npy")
+                    with storage.replaced(self.folder / f"{name}.{suffix}.npy") as tmp:
+                        np.save(tmp, np.ascontiguousarray(data))
         except OSError as err:
             raise KalmixError(f"cannot write the embedding cache in {self.folder}: {err}") from None
 

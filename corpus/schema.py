@@ -272,6 +272,15 @@ def record_table(
     return attach_ids(pa.table(columns), id_algorithm)
 
 
+# The md5 ids of workspaces made before xxh3-128: the same key, hashed by DuckDB.
+_MD5_IDS = """
+SELECT substr(md5(concat_ws(chr(31), task_type, coalesce(query, ''), coalesce(positive, ''),
+       coalesce(array_to_string(negatives, chr(30)), ''), coalesce(label, ''),
+       coalesce(CAST(score AS VARCHAR), ''))), 1, 16) AS id
+FROM t
+"""
+
+
 def attach_ids(table: pa.Table, algorithm: str = DEFAULT_ID_ALGORITHM) -> pa.Table:
     """Add (or replace) `id`: a stable content hash, so identical records share an id everywhere.
 
@@ -311,18 +320,7 @@ def attach_ids(table: pa.Table, algorithm: str = DEFAULT_ID_ALGORITHM) -> pa.Tab
     elif algorithm == "md5":
         con = _duckdb()
         con.register("t", table)
-        ids = (
-            con.sql(
-                """
-            SELECT substr(md5(concat_ws(chr(31), task_type, coalesce(query, ''), coalesce(positive, ''),
-                   coalesce(array_to_string(negatives, chr(30)), ''), coalesce(label, ''),
-                   coalesce(CAST(score AS VARCHAR), ''))), 1, 16) AS id
-            FROM t
-            """
-            )
-            .to_arrow_table()
-            .column("id")
-        )
+        ids = con.sql(_MD5_IDS).to_arrow_table().column("id")
         con.unregister("t")
     else:
         raise KalmixError(f"unknown id algorithm {algorithm!r}; one of: {', '.join(ID_ALGORITHMS)}")

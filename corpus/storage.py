@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,19 @@ def num_rows(path: StorePath) -> int:
 def parquet_writer(path: StorePath, schema: pa.Schema, **options: Any) -> pq.ParquetWriter:
     fs, p = resolve(path)
     return pq.ParquetWriter(p, schema, filesystem=fs, **options)
+
+
+@contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """A temporary local path to write `path`'s new content to: renamed over `path` when the
+    block ends without error, so a kill leaves the old file or the new one, never half of one;
+    removed otherwise. It keeps the suffix (`np.save` would add `.npy` to any other name)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_bytes(path: StorePath, data: bytes) -> None:

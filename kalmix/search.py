@@ -26,7 +26,6 @@ Decisions, written down because resuming depends on them:
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -38,6 +37,7 @@ import numpy as np
 
 from catalog.db import Catalog
 from catalog.mixtures import MixtureSpec, MixtureVersion, create_mixture, plan_mixture
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.schema import suggest
 from kalmix import search_fit
@@ -120,9 +120,8 @@ class SearchState:
 def write_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a kill leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with storage.replaced(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def objectives(cat: Catalog, tasks: tuple[str, ...]) -> dict[str, list[str]]:

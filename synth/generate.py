@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from corpus import storage
 from corpus.errors import KalmixError
 from corpus.operator import Operator, OpResult, split_by_mask
 from corpus.schema import DEFAULT_ID_ALGORITHM, RECORD_SCHEMA, attach_ids
@@ -379,9 +380,8 @@ def run_resumable(
                     f"command again to continue ({len(done)} finished shards are kept)"
                 )
             name = f"part-{len(done):05d}-{os.getpid()}.parquet"
-            tmp = parts / f".{name}.tmp"
-            pq.write_table(result, tmp)
-            os.replace(tmp, parts / name)
+            with storage.replaced(parts / name) as tmp:
+                pq.write_table(result, tmp)
             done.append(result)
             if on_progress:
                 on_progress(result.num_rows)

@@ -85,3 +85,16 @@ def test_unknown_scheme_is_a_clear_error():
 
     with pytest.raises(KalmixError, match="no filesystem for nosuch://"):
         storage.read_table("nosuch://bucket/x.parquet")
+
+
+def test_replaced_swaps_in_the_new_file_or_keeps_the_old_one(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("old")
+    with storage.replaced(path) as tmp:
+        assert tmp.suffix == ".json" and tmp.parent == tmp_path
+        tmp.write_text("new")
+    assert path.read_text() == "new"
+    with pytest.raises(RuntimeError), storage.replaced(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
